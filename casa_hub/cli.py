@@ -1,0 +1,78 @@
+"""The ``casa-hub`` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo.facility import DemoError, DemoFacility
+
+    def say(msg: str) -> None:
+        print(f"casa-hub demo: {msg}", flush=True)
+
+    try:
+        facility = DemoFacility(
+            Path(args.state_dir), hub_port=args.port, idp_port=args.idp_port,
+            node_modules=args.node_modules, progress=say,
+        )
+    except DemoError as e:
+        print(f"casa-hub demo: error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        facility.start()
+    except DemoError as e:
+        print(f"casa-hub demo: error: {e}", file=sys.stderr)
+        facility.stop()
+        return 1
+    try:
+        users = facility.users()
+        print()
+        print(f"  The facility is running: open {facility.hub_url}/ in a browser.")
+        print(f"  Identity provider: {facility.idp_url}   Token issuer: {facility.issuer_url}")
+        print("  Demo logins (username / password / groups):")
+        for u in users:
+            print(f"    {u['username']:<6} {u['password']:<14} {', '.join(u['groups'])}")
+        print("  alice and bob may use the facility (bob is an admin); eve is not in an allowed group.")
+        print(f"  Logs: {facility.log_dir}   Press Ctrl-C to stop everything.", flush=True)
+        while not stop.is_set():
+            for name, proc in facility.procs.items():
+                if proc.poll() is not None:
+                    print(f"casa-hub demo: {name} exited unexpectedly (code {proc.returncode}); "
+                          f"see {facility.log_dir / (name + '.log')}", file=sys.stderr)
+                    stop.set()
+                    break
+            stop.wait(1.0)
+    finally:
+        say("stopping ...")
+        facility.stop()
+        say("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="casa-hub", description="casa_hub: an HEP analysis facility on JupyterHub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the embedded demo facility on 127.0.0.1")
+    demo.add_argument("--state-dir", default=".casa-demo", help="kept between runs (default: ./.casa-demo)")
+    demo.add_argument("--port", type=int, default=8000, help="public hub port (default 8000)")
+    demo.add_argument("--idp-port", type=int, default=8089, help="demo identity provider port (default 8089)")
+    demo.add_argument("--node-modules", default=None, help="node_modules with oidc-provider and configurable-http-proxy")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedded demo facility started by ``casa-hub demo``."""

@@ -1,0 +1,268 @@
+"""The embedded demo facility: a local OIDC provider and JupyterHub on 127.0.0.1.
+
+``DemoFacility`` prepares a state directory (kept between runs: keys, secrets, users, database),
+starts the provider and the hub as child processes, waits until both answer, and stops everything
+it started. ``casa-hub demo`` and the test fixtures both use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+PROVIDER_SCRIPT = HERE / "oidc_provider.mjs"
+HUB_CONFIG = HERE / "jupyterhub_config.py"
+
+DEFAULT_USERS = [
+    {"username": "alice", "name": "Alice Physicist", "groups": ["physicists"]},
+    {"username": "bob", "name": "Bob Admin", "groups": ["physicists", "facility-admins"]},
+    {"username": "eve", "name": "Eve Visitor", "groups": ["visitors"]},
+]
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says what to do."""
+
+
+def find_node_modules(explicit: str | None = None) -> Path:
+    """The node_modules directory holding configurable-http-proxy and oidc-provider."""
+    candidates = [explicit, os.environ.get("CASA_NODE_MODULES"), Path.cwd() / "node_modules",
+                  HERE.parent.parent / "node_modules"]
+    for c in candidates:
+        if c and (Path(c) / "oidc-provider").is_dir() and (Path(c) / ".bin" / "configurable-http-proxy").exists():
+            return Path(c).resolve()
+    raise DemoError(
+        "cannot find node_modules with oidc-provider and configurable-http-proxy; run `npm ci` in the "
+        "casa_hub checkout or pass --node-modules / set CASA_NODE_MODULES"
+    )
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_secret(path: Path, value: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def _secret(path: Path, make: Callable[[], str]) -> str:
+    return path.read_text() if path.exists() else _write_secret(path, make())
+
+
+def _http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+@dataclass
+class DemoFacility:
+    state_dir: Path
+    hub_port: int = 8000
+    idp_port: int = 8089
+    node_modules: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    progress: Callable[[str], None] = print
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.node_modules = find_node_modules(str(self.node_modules) if self.node_modules else None)
+
+    # ---- derived --------------------------------------------------------------------------------
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://127.0.0.1:{self.hub_port}"
+
+    @property
+    def idp_url(self) -> str:
+        return f"http://127.0.0.1:{self.idp_port}"
+
+    @property
+    def issuer_url(self) -> str:
+        return f"{self.hub_url}/hub/casa-issuer"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def users(self) -> list[dict[str, Any]]:
+        return json.loads((self.state_dir / "idp" / "users.json").read_text())
+
+    def password(self, username: str) -> str:
+        return next(u["password"] for u in self.users() if u["username"] == username)
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the state directory on the first run; reuse it afterwards."""
+        first = not (self.state_dir / "settings.json").exists()
+        self.progress(f"[1/3] {'creating' if first else 'reusing'} demo state in {self.state_dir}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        secrets_dir = self.state_dir / "secrets"
+        client_secret = _secret(secrets_dir / "oidc_client_secret", lambda: secrets.token_urlsafe(32))
+        _secret(secrets_dir / "crypt_key", lambda: secrets.token_hex(32))
+        cookie_keys = _secret(secrets_dir / "idp_cookie_key", lambda: secrets.token_hex(32))
+        users_file = self.state_dir / "idp" / "users.json"
+        if not users_file.exists():
+            users = [dict(u, password=secrets.token_urlsafe(9), email=f"{u['username']}@demo.invalid")
+                     for u in DEFAULT_USERS]
+            _write_secret(users_file, json.dumps(users, indent=2))
+        idp_config = {
+            "issuer": self.idp_url,
+            "clients": [{
+                "client_id": "casa-hub",
+                "client_secret": client_secret,
+                "redirect_uris": [f"{self.hub_url}/hub/oauth_callback"],
+                "post_logout_redirect_uris": [f"{self.hub_url}/hub/login"],
+            }],
+            "users": self.users(),
+            "jwks_file": "idp-signing-keys.json",
+            "cookie_keys": [cookie_keys],
+            "access_token_ttl": 600,
+            "clock_tolerance": 0,
+        }
+        _write_secret(self.state_dir / "idp" / "config.json", json.dumps(idp_config, indent=2))
+        settings = {
+            "hub_port": self.hub_port,
+            "hub_api_port": free_port(),
+            "proxy_api_port": free_port(),
+            "idp_url": self.idp_url,
+            "issuer_url": self.issuer_url,
+            "node_modules": str(self.node_modules),
+        }
+        (self.state_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+        self.log_dir.mkdir(exist_ok=True)
+
+    # ---- processes ------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.state_dir, start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _wait_for(self, name: str, url: str, ok: Callable[[int | None], bool], timeout: float) -> None:
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DemoError(f"{name} exited with code {proc.returncode}; last log lines:\n{self.log_tail(name)}")
+            if ok(_http_status(url)):
+                return
+            time.sleep(0.2)
+        raise DemoError(f"{name} did not answer at {url} within {timeout:.0f} s; last log lines:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.prepare()
+        for port, what in ((self.hub_port, "--port"), (self.idp_port, "--idp-port")):
+            if not port_is_free(port):
+                raise DemoError(f"port {port} on 127.0.0.1 is in use; choose another with {what}")
+        node = shutil.which("node")
+        if not node:
+            raise DemoError("node (Node.js 20 or newer) is not on PATH")
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CASA_DEMO_"))}
+        t0 = time.monotonic()
+        self.progress(f"[2/3] starting the demo identity provider at {self.idp_url}")
+        self._spawn("idp", [node, str(PROVIDER_SCRIPT), str(self.state_dir / "idp" / "config.json")],
+                    dict(base_env, CASA_NODE_MODULES=str(self.node_modules)))
+        self._wait_for("idp", f"{self.idp_url}/healthz", lambda s: s == 200, timeout)
+        self.progress(f"[3/3] starting JupyterHub at {self.hub_url} (hub, proxy, token issuer)")
+        hub_env = dict(
+            base_env,
+            CASA_DEMO_STATE=str(self.state_dir),
+            JUPYTERHUB_CRYPT_KEY=(self.state_dir / "secrets" / "crypt_key").read_text(),
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{base_env.get('PATH', '')}",
+            **self.extra_env,
+        )
+        self._spawn("hub", [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)], hub_env)
+        self._wait_for("hub", f"{self.hub_url}/hub/api", lambda s: s == 200, timeout)
+        self.progress(f"ready in {time.monotonic() - t0:.1f} s")
+
+    def descendants(self) -> list[psutil.Process]:
+        found = []
+        for proc in self.procs.values():
+            try:
+                found.append(psutil.Process(proc.pid))
+                found.extend(psutil.Process(proc.pid).children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the hub (which stops its proxy and notebooks), then the provider; kill leftovers."""
+        tree = self.descendants()
+        for name in ("hub", "idp"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.procs.clear()
+
+    def __enter__(self) -> DemoFacility:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,255 @@
+#!/usr/bin/env node
+// casa_hub demo identity provider: a small, real OpenID Connect provider
+// (npm package `oidc-provider` v9) for the local demo and automated tests.
+//
+//   node oidc_provider.mjs CONFIG.json
+//
+// Config keys: issuer (http://127.0.0.1:PORT, required), clients (required),
+// users (required), access_token_ttl, id_token_ttl, refresh_token_ttl,
+// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys.
+// Relative jwks_file paths are resolved against the config file's directory.
+// Listens on 127.0.0.1 only. In-memory storage: all state is lost on exit.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+// ESM imports ignore NODE_PATH, so fall back to resolving the package from the
+// node_modules directories listed in CASA_NODE_MODULES (or NODE_PATH).
+async function loadProvider() {
+  try {
+    return (await import('oidc-provider')).default;
+  } catch (err) {
+    if (err.code !== 'ERR_MODULE_NOT_FOUND') throw err;
+  }
+  const dirs = [process.env.CASA_NODE_MODULES, process.env.NODE_PATH]
+    .flatMap((v) => (v || '').split(path.delimiter)).filter(Boolean);
+  for (const dir of dirs) {
+    let resolved;
+    try { resolved = createRequire(path.join(path.resolve(dir), 'noop.js')).resolve('oidc-provider'); } catch { continue; }
+    return (await import(pathToFileURL(resolved).href)).default;
+  }
+  throw new Error('cannot find npm package oidc-provider; set CASA_NODE_MODULES to a node_modules dir');
+}
+
+// ---------------------------------------------------------------- config
+const configPath = process.argv[2];
+if (!configPath) {
+  console.error('usage: node oidc_provider.mjs CONFIG.json');
+  process.exit(2);
+}
+const config = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+const issuerUrl = new URL(config.issuer);
+if (issuerUrl.pathname !== '/') throw new Error('issuer must not have a path component');
+const port = Number(issuerUrl.port || (issuerUrl.protocol === 'https:' ? 443 : 80));
+const users = new Map((config.users || []).map((u) => [String(u.username), u]));
+const accessTtl = config.access_token_ttl ?? 600;
+const idTtl = config.id_token_ttl ?? 600;
+const refreshTtl = config.refresh_token_ttl ?? 86400;
+
+// Signing keys: inline "jwks", else "jwks_file" (created with mode 0600 on the
+// first run and reused afterwards), else one ephemeral RSA key.
+function newSigningJwks() {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = privateKey.export({ format: 'jwk' });
+  return { keys: [{ ...jwk, kid: crypto.randomBytes(8).toString('hex'), use: 'sig', alg: 'RS256' }] };
+}
+function loadJwks() {
+  if (config.jwks) return config.jwks;
+  if (!config.jwks_file) return newSigningJwks();
+  const file = path.resolve(path.dirname(configPath), config.jwks_file);
+  if (fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8'));
+  const jwks = newSigningJwks();
+  fs.writeFileSync(file, JSON.stringify(jwks), { mode: 0o600, flag: 'wx' });
+  return jwks;
+}
+
+// ---------------------------------------------------------------- helpers
+const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+// Usernames come from a form: keep log lines single-line and unambiguous.
+const logName = (s) => String(s ?? '').slice(0, 64).replace(/[^\w.@+-]/g, '?');
+const sha = (s) => crypto.createHash('sha256').update(String(s ?? '')).digest();
+
+// Constant-time password check; unknown users cost the same as known ones.
+function checkPassword(username, password) {
+  const user = users.get(String(username ?? ''));
+  const ok = crypto.timingSafeEqual(sha(user ? user.password : crypto.randomUUID()), sha(password));
+  return user && ok ? user : undefined;
+}
+
+function page(res, status, title, body) {
+  res.writeHead(status, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+  res.end(`<!DOCTYPE html><html><head><meta charset="utf-8"><title>${esc(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><h1>${esc(title)}</h1>${body}</body></html>`);
+}
+
+function loginPage(res, uid, { username = '', error = '' } = {}) {
+  page(res, 200, 'casa_hub demo identity provider', `
+${error ? `<p role="alert" class="error">${esc(error)}</p>` : ''}
+<form method="post" action="/interaction/${esc(uid)}/login" autocomplete="off">
+  <p><label for="username">Username</label>
+     <input id="username" name="username" value="${esc(username)}" required autofocus></p>
+  <p><label for="password">Password</label>
+     <input id="password" name="password" type="password" required></p>
+  <button type="submit">Sign in</button>
+</form>`);
+}
+
+async function readForm(req, limit = 64 * 1024) {
+  let body = '';
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > limit) throw new Error('request body too large');
+  }
+  return new URLSearchParams(body);
+}
+
+// ---------------------------------------------------------------- provider
+const Provider = await loadProvider();
+
+const provider = new Provider(config.issuer, {
+  clients: config.clients.map((c) => ({
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+    ...c,
+  })),
+  responseTypes: ['code'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  jwks: loadJwks(),
+  cookies: { keys: config.cookie_keys || [crypto.randomBytes(32).toString('hex')] },
+  scopes: ['openid', 'profile', 'email', 'groups', 'offline_access'],
+  claims: {
+    openid: ['sub'],
+    profile: ['name', 'preferred_username'],
+    email: ['email'],
+    groups: ['groups'],
+  },
+  conformIdTokenClaims: false, // scope-derived claims go into the ID token too
+  clockTolerance: config.clock_tolerance ?? 0,
+  pkce: { required: () => true }, // v9 only supports S256
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
+  ttl: {
+    AccessToken: accessTtl,
+    IdToken: idTtl,
+    RefreshToken: refreshTtl,
+    AuthorizationCode: 60,
+    Interaction: 3600,
+    Session: Math.max(refreshTtl, 86400),
+    Grant: Math.max(refreshTtl, 86400),
+  },
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true, allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId },
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // Auto-submitting "log out everywhere" form; the button is the no-JS fallback.
+      logoutSource: async (ctx, form) => {
+        ctx.type = 'html';
+        ctx.body = `<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>casa_hub demo identity provider - sign out</title></head><body>
+${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><button type="submit">Sign out</button></form>')}
+<script>document.getElementById('op.logoutForm').submit();</script></body></html>`;
+      },
+      postLogoutSuccessSource: async (ctx) => {
+        ctx.type = 'html';
+        ctx.body = '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Signed out</title></head><body><p>You have been signed out.</p></body></html>';
+      },
+    },
+  },
+  findAccount: async (ctx, sub) => {
+    const user = users.get(sub);
+    if (!user) return undefined;
+    return {
+      accountId: sub,
+      claims: async () => ({
+        sub,
+        preferred_username: sub,
+        name: user.name ?? sub,
+        email: user.email,
+        groups: user.groups ?? [],
+      }),
+    };
+  },
+  renderError: async (ctx, out) => {
+    ctx.type = 'html';
+    ctx.body = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>Error</title></head><body>
+<h1>casa_hub demo identity provider: error</h1><pre>${esc(out.error)}: ${esc(out.error_description)}</pre></body></html>`;
+  },
+});
+provider.proxy = false; // plain http on loopback, no reverse proxy headers
+
+// ---------------------------------------------------------------- interactions
+// Consent is granted automatically: every requested scope / claim is approved.
+async function autoConsent(req, res, details) {
+  const { prompt, params, session, grantId } = details;
+  const grant = (grantId && await provider.Grant.find(grantId))
+    || new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (prompt.details.missingOIDCScope) grant.addOIDCScope(prompt.details.missingOIDCScope.join(' '));
+  if (prompt.details.missingOIDCClaims) grant.addOIDCClaims(prompt.details.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes || {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const savedId = await grant.save();
+  await provider.interactionFinished(req, res, { consent: { grantId: savedId } }, { mergeWithLastSubmission: true });
+}
+
+async function handleInteraction(req, res, uid, action) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) return page(res, 400, 'Error', '<p>Unknown or expired login request.</p>');
+  const promptName = details.prompt.name;
+
+  if (req.method === 'GET' && !action) {
+    if (promptName === 'consent') return autoConsent(req, res, details);
+    return loginPage(res, uid);
+  }
+  if (req.method === 'POST' && action === 'login' && promptName === 'login') {
+    const form = await readForm(req);
+    const username = form.get('username') ?? '';
+    const user = checkPassword(username, form.get('password'));
+    if (!user) {
+      console.log(`login failed user=${logName(username)}`);
+      return loginPage(res, uid, { username, error: 'Invalid username or password' });
+    }
+    console.log(`login ok user=${logName(user.username)}`);
+    const result = { login: { accountId: String(user.username) } };
+    return provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+  }
+  return page(res, 405, 'Error', '<p>Unsupported request.</p>');
+}
+
+// ---------------------------------------------------------------- server
+const providerCallback = provider.callback();
+const server = http.createServer(async (req, res) => {
+  try {
+    const { pathname } = new URL(req.url, config.issuer);
+    if (pathname === '/healthz') {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      return res.end('ok');
+    }
+    const m = pathname.match(/^\/interaction\/([\w-]+)(?:\/(login))?$/);
+    if (m) return await handleInteraction(req, res, m[1], m[2]);
+    return providerCallback(req, res);
+  } catch (err) {
+    // SessionNotFound etc.: the interaction cookie is missing or expired.
+    console.error(`interaction error: ${err.name}: ${err.error_description || err.message}`);
+    if (!res.headersSent) page(res, 400, 'Error', '<p>Your login request has expired. Please start again.</p>');
+  }
+});
+
+server.listen(port, '127.0.0.1', () => {
+  console.log(`casa_hub demo OIDC provider listening issuer=${config.issuer}`);
+});
+
+function shutdown() {
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);

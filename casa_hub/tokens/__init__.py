@@ -1,0 +1,14 @@
+"""Facility tokens: keys, grants, the issuer, its publication and storage in auth_state."""
+
+from .grants import Grant, GrantConfigError, UnsafeUsername, check_username
+from .issuer import CasaTokenIssuer, IssuerError, MintedToken
+
+__all__ = [
+    "CasaTokenIssuer",
+    "Grant",
+    "GrantConfigError",
+    "IssuerError",
+    "MintedToken",
+    "UnsafeUsername",
+    "check_username",
+]

@@ -1,0 +1,231 @@
+"""The facility token issuer: WLCG Common JWT Profile tokens for a user's grants.
+
+One issuer lives in the hub process (``CasaTokenIssuer.instance``); keys are parsed once when it is
+first used. Every mint writes one audit line (user, grant, jti, scopes, expiry), never the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from traitlets import Dict, Enum, List, Unicode, default, validate
+from traitlets.config import SingletonConfigurable
+
+from .grants import Grant, GrantConfigError, check_username, parse_grants
+from .keys import SUPPORTED_ALGORITHMS, SigningKey, load_key_dir, write_new_key
+
+
+class IssuerError(RuntimeError):
+    """The issuer cannot mint: a user may not have a grant, or the issuer is misconfigured."""
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    """A freshly signed token and the claims it carries (safe to log, the token is not)."""
+
+    grant: str
+    token: str
+    claims: dict[str, Any]
+
+    @property
+    def expires_at(self) -> int:
+        return int(self.claims["exp"])
+
+    def describe(self) -> dict[str, Any]:
+        """Everything about the token except its value."""
+        return {
+            "grant": self.grant,
+            "audience": self.claims["aud"],
+            "scope": self.claims["scope"],
+            "jti": self.claims["jti"],
+            "expires_at": self.expires_at,
+        }
+
+
+class CasaTokenIssuer(SingletonConfigurable):
+    """Signs short-lived, least-privilege tokens for the facility's services."""
+
+    issuer_url = Unicode(
+        "",
+        config=True,
+        help="""The issuer URL (``iss``) of facility tokens, e.g. ``https://hub.example.org/hub/casa-issuer``.
+
+        Services fetch ``<issuer_url>/.well-known/openid-configuration`` and its ``jwks_uri`` to verify
+        tokens, so this must be the public URL under which the hub serves ``/hub/casa-issuer``.
+        XRootD and HTCondor require https.
+        """,
+    )
+
+    key_dir = Unicode(
+        "",
+        config=True,
+        help="""Directory of PEM private keys (e.g. a mounted Kubernetes Secret). Files ``*.pem``,
+        sorted by name; the first signs, all are published in the JWKS.""",
+    )
+
+    key_files = List(
+        Unicode(),
+        config=True,
+        help="""PEM private key files; used instead of ``key_dir`` when set. The first signs,
+        all are published in the JWKS.""",
+    )
+
+    generate_key_if_missing = Enum(
+        ["", *SUPPORTED_ALGORITHMS],
+        "",
+        config=True,
+        help="""If set (``ES256`` or ``RS256``) and ``key_dir`` holds no key, create one there.
+        Meant for demos and single-machine installs; production keys come from a Secret.""",
+    )
+
+    grants = Dict(
+        config=True,
+        help="""The tokens users can receive, by grant name. Each value is a dict with
+        ``audience`` (str), ``scopes`` (list of templates; ``{username}`` is replaced),
+        ``lifetime`` (seconds, default 1200, at most 21600) and ``groups`` (list; omit for all users).
+        Example: ``{"xcache": {"audience": "https://xcache.example.org",
+        "scopes": ["storage.read:/user/{username}"], "groups": ["cms"]}}``.""",
+    )
+
+    default_groups_claim = Unicode(
+        "wlcg.groups",
+        config=True,
+        help="""Claim carrying the user's facility groups in minted tokens (WLCG profile:
+        ``wlcg.groups``). Set to an empty string to leave groups out of tokens.""",
+    )
+
+    @validate("grants")
+    def _validate_grants(self, proposal: Any) -> dict[str, Any]:
+        try:
+            parse_grants(proposal["value"], setting="CasaTokenIssuer.grants")
+        except GrantConfigError as e:
+            raise GrantConfigError(str(e)) from None
+        return proposal["value"]
+
+    @default("log")
+    def _log_default(self) -> logging.Logger:
+        # the hub passes its own logger (``instance(log=...)``); audit lines go to ``<log>.audit``
+        return logging.getLogger("casa_hub.tokens")
+
+    _keys: list[SigningKey] | None = None
+
+    # ---- configuration --------------------------------------------------------------------------
+
+    @property
+    def parsed_grants(self) -> dict[str, Grant]:
+        return parse_grants(self.grants, setting="CasaTokenIssuer.grants")
+
+    @property
+    def keys(self) -> list[SigningKey]:
+        """The loaded keys, parsed on first use."""
+        if self._keys is None:
+            self._keys = self._load_keys()
+        return self._keys
+
+    def _load_keys(self) -> list[SigningKey]:
+        if self.key_files:
+            return [SigningKey.from_pem_file(p) for p in self.key_files]
+        if not self.key_dir:
+            raise IssuerError("CasaTokenIssuer.key_dir or CasaTokenIssuer.key_files must be set")
+        directory = Path(self.key_dir)
+        if self.generate_key_if_missing and not list(directory.glob("*.pem")):
+            key = write_new_key(directory / "signing-key-1.pem", self.generate_key_if_missing)
+            self.log.info("Created facility signing key %s (kid %s)", key.source, key.kid)
+        keys = load_key_dir(directory)
+        if not keys:
+            raise IssuerError(f"no *.pem signing key in CasaTokenIssuer.key_dir {directory}")
+        return keys
+
+    def check_config(self) -> None:
+        """Raise IssuerError naming the bad setting; call at hub start."""
+        if not self.issuer_url.startswith(("https://", "http://")):
+            raise IssuerError(
+                f"CasaTokenIssuer.issuer_url must be an http(s) URL, got {self.issuer_url!r}"
+            )
+        self.parsed_grants  # noqa: B018 - raises GrantConfigError
+        self.keys  # noqa: B018 - raises on unreadable keys
+
+    @property
+    def signing_key(self) -> SigningKey:
+        return self.keys[0]
+
+    # ---- publication ----------------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys, as served at ``jwks_uri``."""
+        return {"keys": [k.public_jwk for k in self.keys]}
+
+    def discovery(self) -> dict[str, Any]:
+        """The document served at ``<issuer>/.well-known/openid-configuration``."""
+        base = self.issuer_url.rstrip("/")
+        return {
+            "issuer": base,
+            "jwks_uri": f"{base}/jwks.json",
+            "id_token_signing_alg_values_supported": sorted({k.alg for k in self.keys}),
+            "scopes_supported": sorted(
+                {s.split(":")[0] for g in self.parsed_grants.values() for s in g.scopes}
+            ),
+        }
+
+    # ---- minting --------------------------------------------------------------------------------
+
+    def grants_for(self, groups: Iterable[str]) -> list[str]:
+        """Names of the grants a member of ``groups`` may receive."""
+        groups = set(groups)
+        return [name for name, g in self.parsed_grants.items() if g.allows(groups)]
+
+    def mint(
+        self, username: str, grant_name: str, groups: Iterable[str] = (), *, now: float | None = None
+    ) -> MintedToken:
+        """Sign a token of grant ``grant_name`` for ``username``.
+
+        Raises IssuerError if the grant does not exist or the user's groups do not allow it,
+        and UnsafeUsername if the username cannot be placed in a scope path.
+        """
+        check_username(username)
+        groups = sorted(set(groups))
+        grant = self.parsed_grants.get(grant_name)
+        if grant is None:
+            raise IssuerError(f"no grant named {grant_name!r}")
+        if not grant.allows(groups):
+            raise IssuerError(f"user {username!r} may not receive grant {grant_name!r}")
+        issued = int(now if now is not None else time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer_url.rstrip("/"),
+            "sub": username,
+            "aud": grant.audience,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + grant.lifetime,
+            "jti": str(uuid.uuid4()),
+            "wlcg.ver": "1.0",
+            "scope": grant.render_scopes(username),
+        }
+        if self.default_groups_claim and groups:
+            claims[self.default_groups_claim] = [f"/{g}" for g in groups]
+        key = self.signing_key
+        token = jwt.encode(
+            claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"}
+        )
+        self.log.getChild("audit").info(
+            "mint user=%s grant=%s jti=%s scope=%r aud=%s exp=%d",
+            username,
+            grant_name,
+            claims["jti"],
+            claims["scope"],
+            grant.audience,
+            claims["exp"],
+        )
+        return MintedToken(grant_name, token, claims)
+
+    def mint_all(self, username: str, groups: Iterable[str] = ()) -> dict[str, MintedToken]:
+        """Mint every grant the user's groups allow."""
+        groups = list(groups)
+        return {name: self.mint(username, name, groups) for name in self.grants_for(groups)}

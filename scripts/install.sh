@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what casa_hub needs into this checkout, from nothing, on Debian/Ubuntu:
+#   scripts/install.sh demo   -> Python venv (.venv) with casa_hub[demo], node_modules
+#   scripts/install.sh test   -> the same plus the test tools and apt packages (chromium, ...)
+# Safe to run again: finished steps are skipped quickly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-demo}
+case "$mode" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
+
+step() { printf '\n==> %s\n' "$*"; }
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+
+apt_packages=()
+python3 -m venv --help >/dev/null 2>&1 || apt_packages+=(python3-venv)
+command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+if [ "$mode" = test ]; then
+  [ -x /usr/bin/chromium ] || apt_packages+=(chromium)
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  step "apt: installing ${apt_packages[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  step "python: creating .venv"
+  python3 -m venv .venv
+fi
+extra=demo; [ "$mode" = test ] && extra=test
+stamp=.venv/.casa-installed-$extra
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  step "python: installing casa_hub[$extra] into .venv (first run takes a few minutes)"
+  quiet_pip .venv/bin/python -m pip install -q --upgrade pip
+  quiet_pip .venv/bin/python -m pip install -q -e ".[$extra]"
+  touch "$stamp"
+else
+  step "python: .venv is up to date"
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  step "node: installing node_modules (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  step "node: node_modules is up to date"
+fi

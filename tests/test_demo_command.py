@@ -1,0 +1,113 @@
+"""`casa-hub demo` itself: starts, answers, lets a user log in, stops everything, reuses its state."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from helpers import http_login
+
+from casa_hub.demo.facility import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def run_demo(state: Path, hub_port: int, idp_port: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casa_hub.cli", "demo", "--state-dir", str(state),
+         "--port", str(hub_port), "--idp-port", str(idp_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    out = ""
+    deadline = time.monotonic() + 90
+    while "Press Ctrl-C" not in out:
+        assert time.monotonic() < deadline, f"demo did not become ready:\n{out}"
+        assert proc.poll() is None or not lines.empty(), f"demo exited early ({proc.returncode}):\n{out}"
+        try:
+            out += lines.get(timeout=1.0)
+        except queue.Empty:
+            pass
+    proc.lines = lines
+    return proc, out
+
+
+def _drain(q: queue.Queue[str]) -> str:
+    out = ""
+    while not q.empty():
+        out += q.get_nowait()
+    return out
+
+
+def stop_demo(proc: subprocess.Popen) -> tuple[int, str]:
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert tree, "the demo should have started child processes"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    time.sleep(0.2)
+    rest = _drain(proc.lines)
+    gone, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"processes left behind: {[p.cmdline() for p in alive]}"
+    return proc.returncode, rest
+
+
+def test_demo_starts_logs_in_and_stops_cleanly_then_reuses_state(tmp_path):
+    state = tmp_path / "demo-state"
+    hub_port, idp_port = free_port(), free_port()
+    proc, out = run_demo(state, hub_port, idp_port)
+    try:
+        assert "creating demo state" in out and f"http://127.0.0.1:{hub_port}/" in out
+        users = json.loads((state / "idp" / "users.json").read_text())
+        alice = next(u for u in users if u["username"] == "alice")
+        assert alice["password"] in out, "the demo prints its logins"
+        assert requests.get(f"http://127.0.0.1:{hub_port}/hub/api", timeout=10).status_code == 200
+        s, r = http_login(f"http://127.0.0.1:{hub_port}", "alice", alice["password"])
+        assert r.status_code == 200 and r.url.startswith(f"http://127.0.0.1:{hub_port}/")
+        me = s.get(f"http://127.0.0.1:{hub_port}/hub/api/user",
+                   headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=10).json()
+        assert me["name"] == "alice" and "physicists" in me["groups"]
+        kid = requests.get(f"http://127.0.0.1:{hub_port}/hub/casa-issuer/jwks.json", timeout=10).json()["keys"][0]["kid"]
+    finally:
+        code, rest = stop_demo(proc)
+    assert code == 0 and "stopped" in rest
+    assert oct((state / "secrets" / "crypt_key").stat().st_mode & 0o777) == "0o600"
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+
+    # a second run reuses keys, users and the database
+    proc, out = run_demo(state, hub_port, idp_port)
+    try:
+        assert "reusing demo state" in out and alice["password"] in out
+        again = requests.get(f"http://127.0.0.1:{hub_port}/hub/casa-issuer/jwks.json", timeout=10).json()
+        assert again["keys"][0]["kid"] == kid
+        s, r = http_login(f"http://127.0.0.1:{hub_port}", "alice", alice["password"])
+        assert r.status_code == 200
+    finally:
+        code, _ = stop_demo(proc)
+    assert code == 0
+
+
+def test_demo_refuses_a_busy_port_with_a_clear_message(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "casa_hub.cli", "demo", "--state-dir", str(tmp_path / "s"),
+             "--port", str(port), "--idp-port", str(free_port())],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ),
+        )
+    assert r.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in r.stderr

@@ -1,0 +1,66 @@
+"""Login through the real OIDC provider into a real hub: success and refusals (over HTTP)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from helpers import (
+    admin_api,
+    http_login,
+    read_server_environ,
+    verify_with_published_jwks,
+    wait_for_server,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_login_spawns_server_with_verifiable_storage_token(facility, admin_token):
+    s, r = http_login(facility.hub_url, "alice", facility.password("alice"))
+    assert r.status_code == 200, r.text[:500]
+    r = s.post(f"{facility.hub_url}/hub/api/users/alice/server",
+               headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=60)
+    # the browser flow starts servers from the home page; over HTTP we use the user's session
+    assert r.status_code in (201, 202, 400), r.text
+    model = wait_for_server(facility.hub_url, admin_token, "alice")
+    pid = model["servers"][""]["state"]["pid"]
+    env = read_server_environ(pid)
+    token_file = env["BEARER_TOKEN_FILE"]
+    assert token_file.startswith(env["CASA_TOKEN_DIR"])
+    token = open(token_file).read()
+    assert token not in "\n".join(f"{k}={v}" for k, v in env.items()), "token value leaked into env"
+    claims = verify_with_published_jwks(token, facility.issuer_url, "casa-demo-xcache")
+    assert claims["sub"] == "alice"
+    assert claims["scope"] == "storage.read:/user/alice"
+    assert claims["wlcg.ver"] == "1.0"
+    assert 0 < claims["exp"] - claims["iat"] <= 20 * 60
+    assert claims["nbf"] == claims["iat"]
+    assert claims["wlcg.groups"] == ["/physicists"]
+
+
+def test_wrong_password_shows_message_and_creates_nothing(facility, admin_token):
+    s, r = http_login(facility.hub_url, "alice", "not-the-password")
+    assert r.status_code == 200
+    assert "Invalid username or password" in r.text
+    assert r.url.startswith(facility.idp_url), "a failed password must not reach the hub"
+    # no hub session cookie was issued
+    assert requests.get(f"{facility.hub_url}/hub/api/user", cookies=s.cookies, timeout=10).status_code == 403
+
+
+def test_user_outside_allowed_groups_is_refused_with_clear_message(facility, admin_token):
+    s, r = http_login(facility.hub_url, "eve", facility.password("eve"))
+    assert r.status_code == 403
+    assert "not a member of a group allowed to use this facility" in r.text
+    assert r.url.startswith(facility.hub_url)
+    # the hub has no such user: no server, no auth_state
+    assert admin_api(facility.hub_url, admin_token, "/users/eve").status_code == 404
+
+
+def test_issuer_publishes_discovery_and_jwks_with_cache_headers(facility):
+    r = requests.get(f"{facility.issuer_url}/.well-known/openid-configuration", timeout=10)
+    assert r.status_code == 200
+    assert "max-age" in r.headers["Cache-Control"]
+    doc = r.json()
+    assert doc["issuer"] == facility.issuer_url
+    jwks = requests.get(doc["jwks_uri"], timeout=10).json()
+    assert jwks["keys"] and all("d" not in k for k in jwks["keys"]), "private key material published"
