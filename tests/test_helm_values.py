@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jsonschema
@@ -11,10 +12,12 @@ from traitlets.config import Config
 from casa_hub.tokens.grants import parse_grants
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT.parent / "shared" / "z2jh" / "values.schema.yaml"
+# the chart's values schema, kept beside the repository (override with CASA_Z2JH_SCHEMA)
+SCHEMA = Path(os.environ.get("CASA_Z2JH_SCHEMA", ROOT.parent / "shared" / "z2jh" / "values.schema.yaml"))
 
 
 def load(path: Path) -> dict:
+    assert path.exists(), f"{path} not found; set CASA_Z2JH_SCHEMA to the Zero to JupyterHub values schema"
     return yaml.safe_load(path.read_text())
 
 
