@@ -25,6 +25,7 @@ from tornado import web
 from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default
 
 from .oidc import JWKSCache, OIDCError, ProviderMetadata, discover, verify_id_token
+from .tokens.broker import broker_handlers
 from .tokens.grants import UnsafeUsername, check_username
 from .tokens.handlers import issuer_handlers
 from .tokens.issuer import CasaTokenIssuer
@@ -122,7 +123,8 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
     publish_issuer = Bool(
         True,
         config=True,
-        help="Serve the facility issuer's discovery document and JWKS under ``/hub/casa-issuer/``.",
+        help="""Serve the facility issuer's discovery document and JWKS under ``/hub/casa-issuer/``
+        and the token broker under ``/hub/api/casa/tokens/`` (see ``casa_hub.tokens.broker``).""",
     )
 
     custom_403_message = Unicode(
@@ -195,6 +197,7 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             issuer = self.token_issuer
             issuer.check_config()
             handlers.extend(issuer_handlers(issuer))
+            handlers.extend(broker_handlers(issuer))
         try:
             # start discovery now so the first login does not wait for it
             self._warmup = asyncio.get_running_loop().create_task(self._warm_up())

@@ -123,3 +123,30 @@ def test_fresh_tokens_reuses_until_half_life_then_remints(issuer):
     later, changed = fresh_tokens(issuer, "alice", ["physicists"], ["xcache"], state, now=1000 + 700)
     assert changed and later["xcache"] != first["xcache"]
     assert state["casa_tokens"]["xcache"]["token"] == later["xcache"]
+
+
+def test_rate_limiter_allows_burst_then_refills_at_rate():
+    from casa_hub.tokens.broker import RateLimiter
+
+    limiter = RateLimiter(per_minute=30, burst=3)
+    assert [limiter.acquire("alice", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.acquire("alice", now=0.0)
+    assert wait == pytest.approx(2.0)  # one call every 2 s at 30/min
+    assert limiter.acquire("bob", now=0.0) == 0.0, "buckets are per user"
+    assert limiter.acquire("alice", now=2.0) == 0.0
+    assert limiter.acquire("alice", now=2.0) > 0
+
+
+def test_enable_broker_grants_renew_scope_to_users_and_servers_only():
+    from traitlets.config import Config
+
+    from casa_hub.tokens.broker import RENEW_SCOPE, enable_broker
+
+    c = Config()
+    c.JupyterHub.load_roles = [{"name": "monitoring", "scopes": ["read:metrics"]}]
+    enable_broker(c)
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["monitoring"]["scopes"] == ["read:metrics"]
+    assert roles["user"]["scopes"] == ["self", f"{RENEW_SCOPE}!user"]
+    assert f"{RENEW_SCOPE}!user" in c.Spawner.server_token_scopes
+    assert RENEW_SCOPE in c.JupyterHub.custom_scopes

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from casa_hub.tokens.broker import enable_broker
+
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 state = Path(os.environ["CASA_DEMO_STATE"])
@@ -44,7 +46,22 @@ c.CasaTokenIssuer.grants = {
         "lifetime": 20 * 60,
         "groups": ["physicists"],
     },
+    "htcondor": {
+        "audience": "casa-demo-htcondor",
+        "scopes": ["compute.read", "compute.create", "compute.modify", "compute.cancel"],
+        "groups": ["physicists"],
+    },
+    "operations": {  # facility admins may read the whole cache namespace
+        "audience": "casa-demo-xcache",
+        "scopes": ["storage.read:/"],
+        "lifetime": 10 * 60,
+        "groups": ["facility-admins"],
+    },
 }
+
+# the token broker: sessions and servers may obtain fresh tokens for themselves only
+enable_broker(c)
+c.CasaTokenIssuer.broker_rate_per_minute = int(os.environ.get("CASA_DEMO_BROKER_RATE", "30"))
 
 # --- notebooks: local processes with their token files in a private directory
 c.JupyterHub.spawner_class = "casa-local"
@@ -57,8 +74,9 @@ c.Spawner.start_timeout = 120
 # --- test harness only: an API token for an admin service, given through the environment
 if os.environ.get("CASA_DEMO_ADMIN_TOKEN"):
     c.JupyterHub.services = [{"name": "casa-demo-admin", "api_token": os.environ["CASA_DEMO_ADMIN_TOKEN"]}]
-    c.JupyterHub.load_roles = [{
+    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {
         "name": "casa-demo-admin",
-        "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state", "list:users"],
+        "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state", "list:users",
+                   "tokens"],
         "services": ["casa-demo-admin"],
     }]

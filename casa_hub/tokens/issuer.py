@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from traitlets import Dict, Enum, List, Unicode, default, validate
+from traitlets import Dict, Enum, Integer, List, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
 from .grants import Grant, GrantConfigError, check_username, parse_grants
@@ -99,6 +99,18 @@ class CasaTokenIssuer(SingletonConfigurable):
         config=True,
         help="""Claim carrying the user's facility groups in minted tokens (WLCG profile:
         ``wlcg.groups``). Set to an empty string to leave groups out of tokens.""",
+    )
+
+    broker_rate_per_minute = Integer(
+        30,
+        config=True,
+        help="""Token broker calls each user may make per minute on average (all grants together).""",
+    )
+
+    broker_burst = Integer(
+        10,
+        config=True,
+        help="""Token broker calls a user may make in a burst before the per-minute rate applies.""",
     )
 
     @validate("grants")
