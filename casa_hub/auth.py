@@ -18,6 +18,7 @@ import contextvars
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
@@ -322,6 +323,4 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
 
 
 def _urlencode(params: dict) -> bytes:
-    from urllib.parse import urlencode
-
     return urlencode({k: v for k, v in params.items() if v is not None}).encode("utf-8")

@@ -51,6 +51,19 @@ def wait_for_server(hub_url: str, token: str, username: str, timeout: float = 12
     raise AssertionError(f"{username}'s server was not ready within {timeout} s")
 
 
+def login_and_start_server(hub_url: str, admin_token: str, username: str, password: str) -> dict:
+    """Sign in over HTTP, start the default server unless it runs already, wait until ready.
+
+    Returns the user model (with ``servers[""]["state"]["pid"]``). The facility is shared by the
+    whole test session, so another test may have started the server before."""
+    s, r = http_login(hub_url, username, password)
+    assert r.status_code == 200, r.text[:500]
+    r = s.post(f"{hub_url}/hub/api/users/{username}/server",
+               headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=60)
+    assert r.status_code in (201, 202) or "already running" in r.text, r.text
+    return wait_for_server(hub_url, admin_token, username)
+
+
 def read_server_environ(pid: int) -> dict[str, str]:
     raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)

@@ -7,9 +7,9 @@ import requests
 from helpers import (
     admin_api,
     http_login,
+    login_and_start_server,
     read_server_environ,
     verify_with_published_jwks,
-    wait_for_server,
 )
 
 pytestmark = pytest.mark.e2e
@@ -24,14 +24,7 @@ def broker(facility, token: str | None, grant: str | None = "xcache", method: st
 @pytest.fixture(scope="module")
 def alice_server_token(facility, admin_token) -> str:
     """The JUPYTERHUB_API_TOKEN of alice's running server, as the renewal agent would use it."""
-    s, r = http_login(facility.hub_url, "alice", facility.password("alice"))
-    assert r.status_code == 200
-    model = admin_api(facility.hub_url, admin_token, "/users/alice").json()
-    if not model["servers"].get(""):
-        r = s.post(f"{facility.hub_url}/hub/api/users/alice/server",
-                   headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=60)
-        assert r.status_code in (201, 202), r.text
-    model = wait_for_server(facility.hub_url, admin_token, "alice")
+    model = login_and_start_server(facility.hub_url, admin_token, "alice", facility.password("alice"))
     return read_server_environ(model["servers"][""]["state"]["pid"])["JUPYTERHUB_API_TOKEN"]
 
 

@@ -7,22 +7,16 @@ import requests
 from helpers import (
     admin_api,
     http_login,
+    login_and_start_server,
     read_server_environ,
     verify_with_published_jwks,
-    wait_for_server,
 )
 
 pytestmark = pytest.mark.e2e
 
 
 def test_login_spawns_server_with_verifiable_storage_token(facility, admin_token):
-    s, r = http_login(facility.hub_url, "alice", facility.password("alice"))
-    assert r.status_code == 200, r.text[:500]
-    r = s.post(f"{facility.hub_url}/hub/api/users/alice/server",
-               headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=60)
-    # started here, or already by another test in this session (the facility is shared)
-    assert r.status_code in (201, 202) or "already running" in r.text, r.text
-    model = wait_for_server(facility.hub_url, admin_token, "alice")
+    model = login_and_start_server(facility.hub_url, admin_token, "alice", facility.password("alice"))
     pid = model["servers"][""]["state"]["pid"]
     env = read_server_environ(pid)
     token_file = env["BEARER_TOKEN_FILE"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from traitlets import Dict, Enum, Integer, List, Unicode, default, validate
+from traitlets import Dict, Enum, Integer, List, Unicode, default, observe, validate
 from traitlets.config import SingletonConfigurable
 
 from .grants import Grant, GrantConfigError, check_username, parse_grants
@@ -127,12 +127,20 @@ class CasaTokenIssuer(SingletonConfigurable):
         return logging.getLogger("casa_hub.tokens")
 
     _keys: list[SigningKey] | None = None
+    _parsed_grants: dict[str, Grant] | None = None
+
+    @observe("grants")
+    def _grants_changed(self, change: Any) -> None:
+        self._parsed_grants = None
 
     # ---- configuration --------------------------------------------------------------------------
 
     @property
     def parsed_grants(self) -> dict[str, Grant]:
-        return parse_grants(self.grants, setting="CasaTokenIssuer.grants")
+        """The validated grants, parsed once per change of ``grants``."""
+        if self._parsed_grants is None:
+            self._parsed_grants = parse_grants(self.grants, setting="CasaTokenIssuer.grants")
+        return self._parsed_grants
 
     @property
     def keys(self) -> list[SigningKey]:
