@@ -13,7 +13,10 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo.facility import DemoError, DemoFacility
 
     def say(msg: str) -> None:
-        print(f"casa-hub demo: {msg}", flush=True)
+        try:
+            print(f"casa-hub demo: {msg}", flush=True)
+        except OSError:  # the terminal or pipe is gone: keep going, stopping matters more
+            pass
 
     try:
         facility = DemoFacility(
@@ -51,8 +54,10 @@ def _demo(args: argparse.Namespace) -> int:
                     break
             stop.wait(1.0)
     finally:
-        say("stopping ...")
-        facility.stop()
+        try:
+            say("stopping ...")
+        finally:
+            facility.stop()
         say("stopped")
     return 0
 

@@ -30,16 +30,21 @@ def run_demo(state: Path, hub_port: int, idp_port: int) -> tuple[subprocess.Pope
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    proc.lines = lines
     out = ""
     deadline = time.monotonic() + 90
-    while "Press Ctrl-C" not in out:
-        assert time.monotonic() < deadline, f"demo did not become ready:\n{out}"
-        assert proc.poll() is None or not lines.empty(), f"demo exited early ({proc.returncode}):\n{out}"
-        try:
-            out += lines.get(timeout=1.0)
-        except queue.Empty:
-            pass
-    proc.lines = lines
+    try:
+        while "Press Ctrl-C" not in out:
+            assert time.monotonic() < deadline, f"demo did not become ready:\n{out}"
+            assert proc.poll() is None or not lines.empty(), f"demo exited early ({proc.returncode}):\n{out}"
+            try:
+                out += lines.get(timeout=1.0)
+            except queue.Empty:
+                pass
+    except BaseException:
+        if proc.poll() is None:
+            stop_demo(proc)  # leave nothing running when the start fails
+        raise
     return proc, out
 
 
