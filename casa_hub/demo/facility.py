@@ -99,6 +99,12 @@ class DemoFacility:
     node_modules: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     progress: Callable[[str], None] = print
+    #: extra JupyterHub config files, loaded after the demo's own (like jupyterhub_config.d)
+    extra_hub_config: list[Path] = field(default_factory=list)
+    #: keys merged into the provider's config.json (TTLs, claim names, users, ...)
+    idp_overrides: dict[str, Any] = field(default_factory=dict)
+    #: the facility issuer URL (``iss``); defaults to ``<hub_url>/hub/casa-issuer``
+    issuer_url_override: str | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,7 +123,7 @@ class DemoFacility:
 
     @property
     def issuer_url(self) -> str:
-        return f"{self.hub_url}/hub/casa-issuer"
+        return self.issuer_url_override or f"{self.hub_url}/hub/casa-issuer"
 
     @property
     def log_dir(self) -> Path:
@@ -159,6 +165,7 @@ class DemoFacility:
             "cookie_keys": [cookie_keys],
             "access_token_ttl": 600,
             "clock_tolerance": 0,
+            **self.idp_overrides,
         }
         _write_secret(self.state_dir / "idp" / "config.json", json.dumps(idp_config, indent=2))
         settings = {
@@ -168,6 +175,7 @@ class DemoFacility:
             "idp_url": self.idp_url,
             "issuer_url": self.issuer_url,
             "node_modules": str(self.node_modules),
+            "extra_hub_config": [str(Path(f).resolve()) for f in self.extra_hub_config],
         }
         (self.state_dir / "settings.json").write_text(json.dumps(settings, indent=2))
         self.log_dir.mkdir(exist_ok=True)

@@ -80,3 +80,7 @@ if os.environ.get("CASA_DEMO_ADMIN_TOKEN"):
                    "tokens"],
         "services": ["casa-demo-admin"],
     }]
+
+# --- extra config files (tests, site experiments), loaded last so they override the above
+for extra in settings.get("extra_hub_config", []):
+    load_subconfig(extra)  # noqa: F821 - provided by JupyterHub
