@@ -62,6 +62,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from .tokens import keyring
+    from .tokens.keys import KeyError_
+
+    directory = Path(args.key_dir)
+    try:
+        if args.action == "add-next":
+            key = keyring.add_next(directory, args.alg)
+            print(f"created {key.source} (kid {key.kid}); it is published now and signs after "
+                  f"`casa-hub keys promote` (wait at least {keyring.DEFAULT_MIN_PUBLISHED} s)")
+        elif args.action == "promote":
+            new, old = keyring.promote(directory, args.min_published, force=args.force)
+            print(f"{new} signs now; {old} is retired and stays published until its tokens expire")
+        elif args.action == "prune":
+            gone = keyring.prune(directory, args.max_lifetime)
+            print("removed " + ", ".join(gone) if gone else "no retired key has expired yet")
+        ring = keyring.load_keyring(directory, args.max_lifetime)
+    except KeyError_ as e:
+        print(f"casa-hub keys: error: {e}", file=sys.stderr)
+        return 1
+    for d in ring.describe():
+        print(f"  {d['role']:<8} {d['alg']}  kid {d['kid']}  {d['file']}")
+    for name in ring.expired_files:
+        print(f"  expired  {name} (no longer published; `casa-hub keys prune` removes it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="casa-hub", description="casa_hub: an HEP analysis facility on JupyterHub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--idp-port", type=int, default=8089, help="demo identity provider port (default 8089)")
     demo.add_argument("--node-modules", default=None, help="node_modules with oidc-provider and configurable-http-proxy")
     demo.set_defaults(func=_demo)
+
+    keys = sub.add_parser("keys", help="rotate the facility issuer's signing keys in a key directory")
+    keys.add_argument("action", choices=["status", "add-next", "promote", "prune"],
+                      help="status: list keys by role; add-next: create and publish a next key; "
+                           "promote: let the next key sign; prune: remove expired retired keys")
+    keys.add_argument("--key-dir", required=True, help="the issuer's key directory (CasaTokenIssuer.key_dir)")
+    keys.add_argument("--alg", default="ES256", choices=["ES256", "RS256"], help="algorithm of a new key")
+    keys.add_argument("--min-published", type=int, default=600,
+                      help="seconds a next key must have been published before it may sign (default 600)")
+    keys.add_argument("--force", action="store_true", help="promote even if the next key is newly published")
+    keys.add_argument("--max-lifetime", type=int, default=6 * 3600,
+                      help="longest token lifetime of any grant, in seconds (default 21600, the maximum)")
+    keys.set_defaults(func=_keys)
     return parser
 
 

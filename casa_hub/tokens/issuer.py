@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from traitlets import Dict, Enum, Integer, List, Unicode, default, observe, validate
+from traitlets import Dict, Enum, Float, Integer, List, Unicode, default, observe, validate
 from traitlets.config import SingletonConfigurable
 
-from .grants import Grant, GrantConfigError, check_username, parse_grants
-from .keys import SUPPORTED_ALGORITHMS, SigningKey, load_key_dir, write_new_key
+from .grants import MAX_LIFETIME, Grant, GrantConfigError, check_username, parse_grants
+from .keyring import KeyRing, fingerprint, load_keyring
+from .keys import SUPPORTED_ALGORITHMS, KeyError_, SigningKey, write_new_key
 
 
 class IssuerError(RuntimeError):
@@ -66,8 +67,18 @@ class CasaTokenIssuer(SingletonConfigurable):
     key_dir = Unicode(
         "",
         config=True,
-        help="""Directory of PEM private keys (e.g. a mounted Kubernetes Secret). Files ``*.pem``,
-        sorted by name; the first signs, all are published in the JWKS.""",
+        help="""Directory of PEM private keys (e.g. a mounted Kubernetes Secret). Files ``*.pem``.
+        Without a ``keyring.json`` manifest the first by name signs and all are published; with one
+        (written by ``casa-hub keys``) the manifest says which key signs, which next key is
+        published ahead of signing, and which retired keys stay published until their tokens expire.
+        The directory is re-read when it changes (see ``key_reload_interval``).""",
+    )
+
+    key_reload_interval = Float(
+        30.0,
+        config=True,
+        help="""Seconds between checks of ``key_dir`` for rotated keys (a changed Secret or manifest).
+        A directory that fails to load is reported in the log and the previous keys stay in use.""",
     )
 
     key_files = List(
@@ -126,7 +137,9 @@ class CasaTokenIssuer(SingletonConfigurable):
         # the hub passes its own logger (``instance(log=...)``); audit lines go to ``<log>.audit``
         return logging.getLogger("casa_hub.tokens")
 
-    _keys: list[SigningKey] | None = None
+    _ring: KeyRing | None = None
+    _ring_fingerprint: tuple[Any, ...] | None = None
+    _ring_checked_at: float = 0.0
     _parsed_grants: dict[str, Grant] | None = None
 
     @observe("grants")
@@ -143,25 +156,59 @@ class CasaTokenIssuer(SingletonConfigurable):
         return self._parsed_grants
 
     @property
-    def keys(self) -> list[SigningKey]:
-        """The loaded keys, parsed on first use."""
-        if self._keys is None:
-            self._keys = self._load_keys()
-        return self._keys
+    def max_lifetime(self) -> int:
+        """The longest lifetime of any grant: how long a retired key must stay published."""
+        return max((g.lifetime for g in self.parsed_grants.values()), default=MAX_LIFETIME)
 
-    def _load_keys(self) -> list[SigningKey]:
+    @property
+    def keyring(self) -> KeyRing:
+        """The keys by role, parsed on first use and re-read when ``key_dir`` changes."""
+        now = time.monotonic()
+        if self._ring is not None and (self.key_files or now - self._ring_checked_at < self.key_reload_interval):
+            return self._ring
+        self._ring_checked_at = now
         if self.key_files:
-            return [SigningKey.from_pem_file(p) for p in self.key_files]
+            keys = [SigningKey.from_pem_file(p) for p in self.key_files]
+            self._ring = KeyRing(keys[0], keys, {keys[0].kid: "signing"})
+            return self._ring
+        self._reload_key_dir()
+        assert self._ring is not None
+        return self._ring
+
+    def _reload_key_dir(self) -> None:
         if not self.key_dir:
             raise IssuerError("CasaTokenIssuer.key_dir or CasaTokenIssuer.key_files must be set")
         directory = Path(self.key_dir)
         if self.generate_key_if_missing and not list(directory.glob("*.pem")):
             key = write_new_key(directory / "signing-key-1.pem", self.generate_key_if_missing)
             self.log.info("Created facility signing key %s (kid %s)", key.source, key.kid)
-        keys = load_key_dir(directory)
-        if not keys:
-            raise IssuerError(f"no *.pem signing key in CasaTokenIssuer.key_dir {directory}")
-        return keys
+        if not directory.is_dir():
+            raise IssuerError(f"signing key directory {directory} does not exist (CasaTokenIssuer.key_dir)")
+        fp = fingerprint(directory)
+        ring = self._ring
+        if ring is not None and fp == self._ring_fingerprint and time.time() < ring.changes_at:
+            return
+        try:
+            new = load_keyring(directory, self.max_lifetime)
+        except KeyError_ as e:
+            if ring is None:
+                raise IssuerError(f"CasaTokenIssuer.key_dir: {e}") from None
+            self.log.error("Keeping the current signing keys: %s", e)
+            self._ring_fingerprint = fp  # report once per change, not on every check
+            return
+        self._ring, self._ring_fingerprint = new, fp
+        if ring is None or [k.kid for k in ring.published] != [k.kid for k in new.published] \
+                or ring.signing.kid != new.signing.kid:
+            self.log.info("Facility keys: %s", ", ".join(
+                f"{d['kid'][:12]} {d['role']}" for d in new.describe()))
+        for name in new.expired_files:
+            self.log.info("Retired key %s is no longer published; its file may be removed "
+                          "(`casa-hub keys prune`)", name)
+
+    @property
+    def keys(self) -> list[SigningKey]:
+        """The published keys (signing, next and retiring)."""
+        return self.keyring.published
 
     def check_config(self) -> None:
         """Raise IssuerError naming the bad setting; call at hub start."""
@@ -174,7 +221,7 @@ class CasaTokenIssuer(SingletonConfigurable):
 
     @property
     def signing_key(self) -> SigningKey:
-        return self.keys[0]
+        return self.keyring.signing
 
     # ---- publication ----------------------------------------------------------------------------
 
