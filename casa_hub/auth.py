@@ -25,12 +25,15 @@ from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
 from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default
 
+from . import metrics
+from .logout import CasaLogoutHandler, end_provider_tokens, provider_logout_url
 from .oidc import JWKSCache, OIDCError, ProviderMetadata, discover, verify_id_token
+from .refresh import ProviderRefresher, provider_meta
 from .tokens.broker import broker_handlers
 from .tokens.grants import UnsafeUsername, check_username
 from .tokens.handlers import issuer_handlers
 from .tokens.issuer import CasaTokenIssuer
-from .tokens.store import store_minted
+from .tokens.store import META_KEY, store_minted
 
 NONCE_COOKIE = "casa-oidc-nonce"
 _login_nonce: contextvars.ContextVar[str | None] = contextvars.ContextVar("casa_login_nonce")
@@ -64,6 +67,10 @@ class CasaCallbackHandler(OAuthCallbackHandler):
             raise web.HTTPError(
                 403, f"The identity provider did not sign you in ({error}). Please try again."
             )
+
+    def _request_summary(self) -> str:
+        # used by tornado's log lines for refused callbacks: never log the code or state
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
     def pop_nonce(self) -> str | None:
         raw = self.get_secure_cookie(NONCE_COOKIE)
@@ -141,8 +148,48 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         help="Scopes requested in addition to openid, profile, email and groups.",
     )
 
+    refresh_margin = Float(
+        60.0,
+        config=True,
+        help="""Refresh the provider's access token this many seconds before it expires. Refreshes
+        happen on requests, at most every ``auth_refresh_age`` seconds, and before each spawn.""",
+    )
+
+    refresh_retry_interval = Float(
+        30.0,
+        config=True,
+        help="""After a failed refresh because the provider was unreachable, wait this long before
+        trying again. The user stays signed in while the access token is valid.""",
+    )
+
+    refresh_timeout = Float(
+        10.0, config=True, help="Seconds to wait for the provider's token endpoint during a refresh."
+    )
+
+    logout_from_provider = Bool(
+        True,
+        config=True,
+        help="""On logout, also end the session at the provider (OIDC RP-initiated logout) when
+        its discovery document has an ``end_session_endpoint``. ``logout_redirect_url`` wins when set.""",
+    )
+
+    revoke_at_logout = Bool(
+        True,
+        config=True,
+        help="""On logout, revoke the refresh token at the provider's ``revocation_endpoint`` (RFC
+        7009) and forget the provider's tokens, so nothing can renew the session afterwards.""",
+    )
+
+    post_logout_redirect_url = Unicode(
+        "",
+        config=True,
+        help="""Where the provider sends the browser after its logout (must be registered with the
+        provider). Default: the hub's login page, derived from ``oauth_callback_url``.""",
+    )
+
     login_handler = CasaLoginHandler
     callback_handler = CasaCallbackHandler
+    logout_handler = CasaLogoutHandler
 
     @default("scope")
     def _scope_default(self) -> list[str]:
@@ -159,6 +206,10 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
     @default("basic_auth")
     def _basic_auth_default(self) -> bool:
         return True
+
+    @default("auth_refresh_age")
+    def _auth_refresh_age_default(self) -> int:
+        return 60
 
     _provider: ProviderMetadata | None = None
     _jwks: JWKSCache | None = None
@@ -290,12 +341,12 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
 
     def user_info_to_username(self, user_info: dict) -> str:
         if callable(self.username_claim):
-            raw = self.username_claim(user_info)
+            raw, wanted = self.username_claim(user_info), "suitable claim"
         else:
-            raw = user_info.get(self.username_claim)
+            raw, wanted = user_info.get(self.username_claim), f"'{self.username_claim}'"
         if not raw or not isinstance(raw, str):
             raise OIDCError(
-                f"your account has no '{self.username_claim}' to use as a username; "
+                f"your account has no {wanted} to use as a username; "
                 "ask the facility's administrators",
                 "no_username",
             )
@@ -313,6 +364,48 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             self.log.warning("Ignoring groups claim %r of unexpected type", self.groups_claim)
             return set()
         return {g.strip("/") for g in raw if isinstance(g, str) and g.strip("/")}
+
+    async def get_authenticated_user(self, handler: Any, data: Any) -> dict | None:
+        """The base class's login, counted in ``casa_hub_logins_total`` by outcome."""
+        try:
+            user = await super().get_authenticated_user(handler, data)
+        except web.HTTPError as e:
+            metrics.count_login(getattr(e, "casa_reason", "provider_refused" if e.status_code == 403
+                                        else "expired_login" if e.status_code == 400 else "provider_unreachable"))
+            raise
+        metrics.count_login("success" if user else "not_allowed")
+        return user
+
+    def build_auth_state_dict(self, token_info: dict, user_info: dict) -> dict:
+        auth_state = super().build_auth_state_dict(token_info, user_info)
+        auth_state[META_KEY] = provider_meta(token_info, time.time(), generation=0)
+        return auth_state
+
+    # ---- staying signed in ----------------------------------------------------------------------
+
+    _refresher: ProviderRefresher | None = None
+
+    async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> bool | dict:
+        """Refresh provider tokens before they expire and re-mint facility tokens (see casa_hub.refresh)."""
+        if not self.enable_auth_state:
+            return True
+        if self.refresh_user_hook is not None:
+            refreshed = await self._call_refresh_user_hook(user, await user.get_auth_state())
+            if refreshed is not None:
+                return refreshed
+        if self._refresher is None:
+            self._refresher = ProviderRefresher(self)
+        return await self._refresher.refresh_user(user)
+
+    # ---- logout ---------------------------------------------------------------------------------
+
+    async def end_provider_tokens(self, user: Any) -> None:
+        """Revoke the refresh token at the provider (best effort) and forget the provider's tokens."""
+        await end_provider_tokens(self, user)
+
+    def provider_logout_url(self) -> str | None:
+        """The provider's end-session URL for RP-initiated logout, or None."""
+        return provider_logout_url(self)
 
     async def run_post_auth_hook(self, handler: Any, auth_model: dict) -> dict:
         """After the allow checks: mint the user's facility tokens, then the site's hook."""

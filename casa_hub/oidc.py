@@ -33,6 +33,7 @@ class ProviderMetadata:
     jwks_uri: str
     userinfo_endpoint: str = ""
     end_session_endpoint: str = ""
+    revocation_endpoint: str = ""
 
     @classmethod
     def from_document(cls, expected_issuer: str, doc: dict[str, Any]) -> ProviderMetadata:
@@ -53,6 +54,7 @@ class ProviderMetadata:
             jwks_uri=doc["jwks_uri"],
             userinfo_endpoint=doc.get("userinfo_endpoint", ""),
             end_session_endpoint=doc.get("end_session_endpoint", ""),
+            revocation_endpoint=doc.get("revocation_endpoint", ""),
         )
 
 

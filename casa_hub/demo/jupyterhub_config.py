@@ -76,7 +76,7 @@ if os.environ.get("CASA_DEMO_ADMIN_TOKEN"):
     c.JupyterHub.services = [{"name": "casa-demo-admin", "api_token": os.environ["CASA_DEMO_ADMIN_TOKEN"]}]
     c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {
         "name": "casa-demo-admin",
-        "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state", "list:users",
+        "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state", "list:users", "read:metrics",
                    "tokens"],
         "services": ["casa-demo-admin"],
     }]

@@ -6,7 +6,10 @@
 //
 // Config keys: issuer (http://127.0.0.1:PORT, required), clients (required),
 // users (required), access_token_ttl, id_token_ttl, refresh_token_ttl,
-// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys.
+// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys, claims.
+// A user is {username, password, name, email, groups}, optionally with "sub"
+// (default: the username) and "claims" (merged over the others; null removes one).
+// "claims" maps each scope to the claim names it releases (default below).
 // Relative jwks_file paths are resolved against the config file's directory.
 // Listens on 127.0.0.1 only. In-memory storage: all state is lost on exit.
 import crypto from 'node:crypto';
@@ -45,6 +48,13 @@ const issuerUrl = new URL(config.issuer);
 if (issuerUrl.pathname !== '/') throw new Error('issuer must not have a path component');
 const port = Number(issuerUrl.port || (issuerUrl.protocol === 'https:' ? 443 : 80));
 const users = new Map((config.users || []).map((u) => [String(u.username), u]));
+const accounts = new Map((config.users || []).map((u) => [String(u.sub ?? u.username), u]));
+const scopeClaims = config.claims ?? {
+  openid: ['sub'],
+  profile: ['name', 'preferred_username'],
+  email: ['email'],
+  groups: ['groups'],
+};
 const accessTtl = config.access_token_ttl ?? 600;
 const idTtl = config.id_token_ttl ?? 600;
 const refreshTtl = config.refresh_token_ttl ?? 86400;
@@ -121,13 +131,8 @@ const provider = new Provider(config.issuer, {
   clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
   jwks: loadJwks(),
   cookies: { keys: config.cookie_keys || [crypto.randomBytes(32).toString('hex')] },
-  scopes: ['openid', 'profile', 'email', 'groups', 'offline_access'],
-  claims: {
-    openid: ['sub'],
-    profile: ['name', 'preferred_username'],
-    email: ['email'],
-    groups: ['groups'],
-  },
+  scopes: [...new Set(['openid', 'offline_access', ...Object.keys(scopeClaims)])],
+  claims: scopeClaims,
   conformIdTokenClaims: false, // scope-derived claims go into the ID token too
   clockTolerance: config.clock_tolerance ?? 0,
   pkce: { required: () => true }, // v9 only supports S256
@@ -163,17 +168,19 @@ ${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><butt
     },
   },
   findAccount: async (ctx, sub) => {
-    const user = users.get(sub);
+    const user = accounts.get(sub);
     if (!user) return undefined;
+    const claims = {
+      preferred_username: String(user.username),
+      name: user.name ?? String(user.username),
+      email: user.email,
+      groups: user.groups ?? [],
+      ...user.claims,
+      sub,
+    };
     return {
       accountId: sub,
-      claims: async () => ({
-        sub,
-        preferred_username: sub,
-        name: user.name ?? sub,
-        email: user.email,
-        groups: user.groups ?? [],
-      }),
+      claims: async () => Object.fromEntries(Object.entries(claims).filter(([, v]) => v != null)),
     };
   },
   renderError: async (ctx, out) => {
@@ -217,7 +224,7 @@ async function handleInteraction(req, res, uid, action) {
       return loginPage(res, uid, { username, error: 'Invalid username or password' });
     }
     console.log(`login ok user=${logName(user.username)}`);
-    const result = { login: { accountId: String(user.username) } };
+    const result = { login: { accountId: String(user.sub ?? user.username) } };
     return provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
   }
   return page(res, 405, 'Error', '<p>Unsupported request.</p>');

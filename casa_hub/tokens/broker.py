@@ -22,7 +22,7 @@ from tornado import web
 
 from .grants import UnsafeUsername
 from .issuer import CasaTokenIssuer
-from .store import store_minted
+from .store import auth_state_lock, login_required, store_minted
 
 RENEW_SCOPE = "custom:casa-tokens:renew"
 
@@ -110,14 +110,19 @@ class TokenBrokerHandler(_BrokerBase):
             raise web.HTTPError(404, f"No grant named {grant!r}.")
         if grant not in self.issuer.grants_for(groups):
             raise web.HTTPError(403, f"You may not receive {grant!r} tokens.")
-        try:
-            minted = self.issuer.mint(user.name, grant, groups)
-        except UnsafeUsername as e:
-            raise web.HTTPError(403, str(e)) from None
-        auth_state = await user.get_auth_state()
-        if auth_state is not None:
-            store_minted(auth_state, [minted])
-            await user.save_auth_state(auth_state)
+        async with auth_state_lock(user.name):
+            auth_state = await user.get_auth_state()
+            if login_required(auth_state):
+                raise web.HTTPError(
+                    403, "Your sign-in has ended; sign in to the hub again to receive new tokens."
+                )
+            try:
+                minted = self.issuer.mint(user.name, grant, groups)
+            except UnsafeUsername as e:
+                raise web.HTTPError(403, str(e)) from None
+            if auth_state is not None:
+                store_minted(auth_state, [minted])
+                await user.save_auth_state(auth_state)
         self.write_json(dict(minted.describe(), token=minted.token))
 
 

@@ -18,6 +18,7 @@ import jwt
 from traitlets import Dict, Enum, Float, Integer, List, Unicode, default, observe, validate
 from traitlets.config import SingletonConfigurable
 
+from ..metrics import count_mint
 from .grants import MAX_LIFETIME, Grant, GrantConfigError, check_username, parse_grants
 from .keyring import KeyRing, fingerprint, load_keyring
 from .keys import SUPPORTED_ALGORITHMS, KeyError_, SigningKey, write_new_key
@@ -281,6 +282,7 @@ class CasaTokenIssuer(SingletonConfigurable):
         token = jwt.encode(
             claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"}
         )
+        count_mint(grant_name)
         self.log.getChild("audit").info(
             "mint user=%s grant=%s jti=%s scope=%r aud=%s exp=%d",
             username,

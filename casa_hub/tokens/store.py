@@ -6,6 +6,7 @@ Tokens are reused while enough of their lifetime remains, otherwise minted afres
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -13,6 +14,26 @@ from typing import Any
 from .issuer import CasaTokenIssuer, MintedToken
 
 AUTH_STATE_KEY = "casa_tokens"
+#: the authenticator's bookkeeping in auth_state (no secrets): access token expiry, refresh state
+META_KEY = "casa_oidc"
+
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def auth_state_lock(username: str) -> asyncio.Lock:
+    """One lock per user for read-modify-write of auth_state in the hub process.
+
+    The broker and the provider refresh both update auth_state; without the lock one could save
+    a copy read before the other's write and bring back a spent rotating refresh token."""
+    lock = _locks.get(username)
+    if lock is None:
+        lock = _locks[username] = asyncio.Lock()
+    return lock
+
+
+def login_required(auth_state: dict | None) -> bool:
+    """Whether the provider refresh failed for good: no new tokens until the user signs in again."""
+    return bool(auth_state and (auth_state.get(META_KEY) or {}).get("login_required"))
 
 
 def store_minted(auth_state: dict, minted: Iterable[MintedToken], now: float | None = None) -> None:
