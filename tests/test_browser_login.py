@@ -75,3 +75,28 @@ def test_user_outside_allowed_groups_sees_clear_refusal(page, facility, admin_to
     expect(page.locator("p", has_text="not a member of a group allowed to use this facility")).to_be_visible()
     page.screenshot(path=str(artifacts_dir / "login-not-allowed.png"))
     assert "Traceback" not in page.content()
+
+
+def test_user_without_admin_rights_then_logout_ends_both_sessions(page, facility, artifacts_dir):
+    sign_in(page, facility, "alice", facility.password("alice"))
+    page.wait_for_url(re.compile(r"/user/alice/"), timeout=120_000)
+    page.goto(f"{facility.hub_url}/hub/home")
+    expect(page.get_by_role("link", name="Token")).to_be_visible()
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)
+
+    page.goto(f"{facility.hub_url}/hub/logout")
+    page.wait_for_url(re.compile(re.escape(f"{facility.hub_url}/hub/login")), timeout=60_000)
+    page.screenshot(path=str(artifacts_dir / "after-logout.png"))
+    cookies = {c["name"] for c in page.context.cookies(facility.hub_url)}
+    assert "jupyterhub-hub-login" not in cookies, "the hub session ended"
+    # the provider session ended too: signing in asks for the password again
+    page.get_by_role("button", name=re.compile("Sign in with")).click()
+    expect(page.get_by_label("Password")).to_be_visible()
+    assert page.url.startswith(facility.idp_url)
+
+
+def test_admin_sees_the_admin_page(page, facility):
+    sign_in(page, facility, "bob", facility.password("bob"))
+    page.wait_for_url(re.compile(r"/user/bob/"), timeout=120_000)
+    page.goto(f"{facility.hub_url}/hub/home")
+    expect(page.get_by_role("link", name="Admin")).to_be_visible()

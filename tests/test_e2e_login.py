@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
 from helpers import (
@@ -45,13 +47,23 @@ def test_wrong_password_shows_message_and_creates_nothing(facility, admin_token)
     assert requests.get(f"{facility.hub_url}/hub/api/user", cookies=s.cookies, timeout=10).status_code == 403
 
 
+def login_count(facility, admin_token: str, outcome: str) -> float:
+    metrics = admin_api(facility.hub_url, admin_token, "/metrics")
+    assert metrics.status_code == 200, metrics.text[:300]
+    found = re.search(rf'^casa_hub_logins_total{{outcome="{outcome}"}} (\S+)$', metrics.text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_user_outside_allowed_groups_is_refused_with_clear_message(facility, admin_token):
+    refused_before = login_count(facility, admin_token, "not_allowed")
     s, r = http_login(facility.hub_url, "eve", facility.password("eve"))
     assert r.status_code == 403
     assert "not a member of a group allowed to use this facility" in r.text
     assert r.url.startswith(facility.hub_url)
     # the hub has no such user: no server, no auth_state
     assert admin_api(facility.hub_url, admin_token, "/users/eve").status_code == 404
+    assert login_count(facility, admin_token, "not_allowed") == refused_before + 1, "counted by reason"
+    assert login_count(facility, admin_token, "success") >= 1
 
 
 def test_issuer_publishes_discovery_and_jwks_with_cache_headers(facility):
