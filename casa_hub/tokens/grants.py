@@ -12,6 +12,7 @@ import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 DEFAULT_LIFETIME = 20 * 60
 MAX_LIFETIME = 6 * 60 * 60
@@ -75,6 +76,25 @@ def _check_template(where: str, template: str) -> None:
             f"{where}: unknown placeholder(s) {sorted(unknown)} in {template!r}; "
             f"allowed: {{username}}"
         )
+    _check_scope_path(where, template)
+
+
+def _check_scope_path(where: str, template: str) -> None:
+    """Refuse scope paths that could leave the directory they name (``..``, ``.``, ``\\``, ``%2e``)."""
+    if ":" not in template:
+        return
+    authz, path = template.split(":", 1)
+    if (authz.startswith("storage.") or authz in ("read", "write")) and not path.startswith("/"):
+        raise GrantConfigError(f"{where}: the path in {template!r} must be absolute (start with /)")
+    if "\\" in path or not path.isprintable():
+        raise GrantConfigError(f"{where}: the path in {template!r} has a backslash or control character")
+    for segment in path.split("/"):
+        while "%" in segment and unquote(segment) != segment:  # %2e%2e, %252e%252e, ...
+            segment = unquote(segment)
+        if segment in (".", ".."):
+            raise GrantConfigError(
+                f"{where}: the path in {template!r} has a '.' or '..' segment (path traversal)"
+            )
 
 
 def parse_grant(name: str, spec: Mapping[str, Any], setting: str = "grants") -> Grant:
