@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--max-lifetime", type=int, default=6 * 3600,
                       help="longest token lifetime of any grant, in seconds (default 21600, the maximum)")
     keys.set_defaults(func=_keys)
+
+    from .tokens import renewal_cli
+
+    renew = sub.add_parser("renew-tokens", help="keep the token files in $CASA_TOKEN_DIR fresh (renewal agent)")
+    renewal_cli.add_arguments(renew)
+    renew.set_defaults(func=renewal_cli.renew_tokens)
     return parser
 
 

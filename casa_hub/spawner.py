@@ -20,7 +20,7 @@ from typing import Any
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from kubespawner import KubeSpawner
-from traitlets import Float, List, Type, Unicode, default
+from traitlets import Bool, Float, List, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .integrations import Integration, SpawnContext, XCacheIntegration
@@ -47,6 +47,14 @@ class CasaSpawnerMixin(LoggingConfigurable):
         config=True,
         help="""At spawn, a token stored in auth_state is reused only if at least this fraction of
         its lifetime remains; otherwise a fresh one is minted.""",
+    )
+
+    renewal_agent = Bool(
+        True,
+        config=True,
+        help="""Run the token renewal agent (the Jupyter server extension
+        ``casa_hub.tokens.renewal_ext``) in the notebook server, so token files are replaced before
+        they expire. The notebook's environment needs casa_hub installed.""",
     )
 
     casa_env: dict[str, str]
@@ -86,6 +94,13 @@ class CasaSpawnerMixin(LoggingConfigurable):
         """(token_dir, config_dir) as the notebook sees them. Spawner-specific."""
         raise NotImplementedError
 
+    async def casa_update_tokens(self, tokens: dict[str, str]) -> None:
+        """Hand freshly minted tokens (grant -> token) to the running server.
+
+        Called by the authenticator after it refreshed the user's provider tokens and re-minted
+        the facility tokens. Spawner-specific; the default does nothing (the server's renewal
+        agent fetches new tokens from the broker itself)."""
+
     # ---- the spawn ------------------------------------------------------------------------------
 
     async def casa_prepare(self) -> SpawnContext:
@@ -123,6 +138,12 @@ class CasaSpawnerMixin(LoggingConfigurable):
         env = super().get_env()
         env.update(getattr(self, "casa_env", {}))
         return env
+
+    def get_args(self) -> list[str]:
+        args = list(super().get_args())  # a copy: the base returns the ``args`` trait itself
+        if self.renewal_agent:
+            args.append("--ServerApp.jpserver_extensions=casa_hub.tokens.renewal_ext=True")
+        return args
 
     async def start(self) -> Any:
         await self.casa_prepare()
@@ -185,6 +206,15 @@ class CasaLocalProcessSpawner(CasaSpawnerMixin, SimpleLocalProcessSpawner):
 
     async def casa_cleanup(self) -> None:
         shutil.rmtree(self.casa_dir / "tokens", ignore_errors=True)
+
+    async def casa_update_tokens(self, tokens: dict[str, str]) -> None:
+        token_dir = Path(self.casa_paths()[0])
+        if not token_dir.is_dir():
+            return
+        wanted = set(self.casa_grants())
+        for grant, token in tokens.items():
+            if grant in wanted:
+                _write_private(token_dir / f"{grant}.token", token.encode("ascii"))
 
 
 class CasaKubeSpawner(CasaSpawnerMixin, KubeSpawner):
