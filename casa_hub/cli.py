@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     renew = sub.add_parser("renew-tokens", help="keep the token files in $CASA_TOKEN_DIR fresh (renewal agent)")
     renewal_cli.add_arguments(renew)
     renew.set_defaults(func=renewal_cli.renew_tokens)
+
+    from .tokens import site_config
+
+    site = sub.add_parser("site-config", help="print the XRootD or HTCondor settings that trust the facility issuer")
+    site_config.add_arguments(site)
+    site.set_defaults(func=site_config.run_cli)
     return parser
 
 

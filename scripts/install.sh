@@ -16,6 +16,14 @@ python3 -m venv --help >/dev/null 2>&1 || apt_packages+=(python3-venv)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 if [ "$mode" = test ]; then
   [ -x /usr/bin/chromium ] || apt_packages+=(chromium)
+  # real XRootD origin + XCache with SciTokens authorization (tests/xrootd_fixture.py)
+  [ -x /usr/bin/xrootd ] || apt_packages+=(xrootd-server)
+  compgen -G '/usr/lib/*/libXrdAccSciTokens-5.so' >/dev/null || apt_packages+=(xrootd-scitokens-plugins)
+  [ -x /usr/bin/xrdcp ] || apt_packages+=(xrootd-client)
+  command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
+  command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
+  command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || apt_packages+=(ca-certificates)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   step "apt: installing ${apt_packages[*]}"

@@ -20,7 +20,8 @@ def hub_config(facility, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "0" * 64)
     CasaTokenIssuer.clear_instance()
     yield {
-        "JupyterHub": {"authenticator_class": "casa-oidc"},
+        "JupyterHub": {"authenticator_class": "casa-oidc",
+                       "cookie_secret_file": str(tmp_path / "cookie_secret")},
         "CasaOIDCAuthenticator": {
             "oidc_issuer": facility.idp_url,
             "client_id": "casa-hub",
