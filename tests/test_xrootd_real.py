@@ -24,6 +24,7 @@ from xrootd_fixture import (
 )
 
 from casa_hub.tokens.issuer import CasaTokenIssuer
+from casa_hub.tokens.keyring import MANIFEST, add_next, promote
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +165,59 @@ def test_no_token_value_in_service_logs(xrootd_facility, xrootd_site, tokens):
     logs.append((xrootd_facility.log_dir / "hub.log").read_text(errors="replace"))
     for name, token in tokens.items():
         assert all(token not in log for log in logs), f"the {name} token appears in a service log"
+
+
+def _kid(token: str) -> str:
+    import jwt
+
+    return jwt.get_unverified_header(token)["kid"]
+
+
+def _published(fac) -> set[str]:
+    return {k["kid"] for k in requests.get(f"{fac.hub_url}/hub/casa-issuer/jwks.json", timeout=10).json()["keys"]}
+
+
+def _wait(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_retired_key_is_honoured_until_unpublished_then_refused(xrootd_facility, xrootd_site):
+    """Runs last: it rotates the hub's key. A token of the retired key reads while the key is still
+    published; once its retirement has lapsed the hub stops publishing it and XRootD refuses it."""
+    import json
+
+    fac = xrootd_facility
+    keydir = fac.state_dir / "issuer-keys"
+    before = broker_token(fac, "alice", "xcache")
+    old_kid = _kid(before)
+    old_file = next(p for p in keydir.glob("*.pem")
+                    if CasaTokenIssuer(issuer_url=ISSUER_URL, key_files=[str(p)]).signing_key.kid == old_kid)
+
+    new = add_next(keydir)
+    promote(keydir, force=True)
+    _wait(lambda: _kid(broker_token(fac, "alice", "xcache")) == new.kid, "the new key to sign")
+    assert _published(fac) == {old_kid, new.kid}
+
+    xrootd_site.refresh_issuer_keys()
+    r = xrootd_site.xrdcp(ALICE_FILE, before)
+    assert r.returncode == 0, f"a retired key's unexpired token must still read: {r.stderr}"
+
+    # let the retirement lapse (as if its longest-lived token had expired): the hub unpublishes it
+    manifest = json.loads((keydir / MANIFEST).read_text())
+    manifest["retired"][old_file.name] = int(time.time()) - 7 * 24 * 3600
+    (keydir / MANIFEST).write_text(json.dumps(manifest))
+    _wait(lambda: old_kid not in _published(fac), "the retired key to leave the JWKS")
+
+    xrootd_site.refresh_issuer_keys()
+    old_key_issuer = CasaTokenIssuer(issuer_url=ISSUER_URL, key_files=[str(old_file)],
+                                     grants={"xcache": XCACHE_GRANT})
+    late = Token(old_key_issuer.mint("alice", "xcache", ["physicists"]).token)  # unexpired, unpublished key
+    refusals = xrootd_site.xrootd_log("cache").count("Key ID is not published")
+    assert_refused(xrootd_site.xrdcp(ALICE_FILE, late), AUTH_FAILED, xrootd_site.files[ALICE_FILE])
+    assert xrootd_site.xrootd_log("cache").count("Key ID is not published") > refusals, \
+        "XRootD must refuse it because the key is no longer published"
+    fresh = broker_token(fac, "alice", "xcache")
+    assert _kid(fresh) == new.kid and xrootd_site.xrdcp(ALICE_FILE, fresh).returncode == 0

@@ -66,6 +66,7 @@ c.CasaTokenIssuer.grants.update({{
     "xcache-origin": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/"],
                        "lifetime": 6 * 3600, "groups": ["facility-admins"]}},
 }})
+c.CasaTokenIssuer.key_reload_interval = 0.5  # key rotation test: follow the key directory at once
 """
 
 
