@@ -89,6 +89,18 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import run_checks
+
+    report = run_checks(args.config, online=not args.offline)
+    for finding in report.findings:
+        print(finding)
+    errors = sum(f.level == "error" for f in report.findings)
+    warnings = sum(f.level == "warn" for f in report.findings)
+    print(f"{'FAILED' if errors else 'OK'}: {errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="casa-hub", description="casa_hub: an HEP analysis facility on JupyterHub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--idp-port", type=int, default=8089, help="demo identity provider port (default 8089)")
     demo.add_argument("--node-modules", default=None, help="node_modules with oidc-provider and configurable-http-proxy")
     demo.set_defaults(func=_demo)
+
+    check = sub.add_parser("check", help="validate a hub configuration and the services it names")
+    check.add_argument("config", help="the hub's jupyterhub_config.py (drop-in files it loads are included)")
+    check.add_argument("--offline", action="store_true", help="do not contact the provider, issuer or services")
+    check.set_defaults(func=_check)
 
     keys = sub.add_parser("keys", help="rotate the facility issuer's signing keys in a key directory")
     keys.add_argument("action", choices=["status", "add-next", "promote", "prune"],
