@@ -9,11 +9,12 @@ import re
 import threading
 import time
 from html import unescape
+from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
 import requests
-from helpers import admin_api, http_login
+from helpers import admin_api, http_login, login_and_start_server, read_server_environ
 
 from casa_hub.demo.facility import DemoFacility, free_port
 
@@ -72,6 +73,8 @@ def metric(fac: DemoFacility, admin_token: str, name: str, **labels: str) -> flo
 
 
 def test_refresh_happens_once_for_twenty_concurrent_requests(fac, admin_token):
+    server = login_and_start_server(fac.hub_url, admin_token, "alice", fac.password("alice"))
+    token_dir = Path(read_server_environ(server["servers"][""]["state"]["pid"])["CASA_TOKEN_DIR"])
     s, r = http_login(fac.hub_url, "alice", fac.password("alice"))
     assert r.status_code == 200
     before = auth_state(fac, admin_token, "alice")
@@ -102,6 +105,8 @@ def test_refresh_happens_once_for_twenty_concurrent_requests(fac, admin_token):
     assert after["access_token"] != before["access_token"]
     for grant in ("xcache", "htcondor"):
         assert after["casa_tokens"][grant]["jti"] != before["casa_tokens"][grant]["jti"], "re-minted"
+    assert (token_dir / "xcache.token").read_text() == after["casa_tokens"]["xcache"]["token"], \
+        "the running server's token file holds the re-minted token"
     assert metric(fac, admin_token, "casa_hub_oidc_refresh_duration_seconds_count", outcome="ok") \
         == refreshes_ok + 1
 
