@@ -26,8 +26,10 @@ from tornado import web
 from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default
 
 from . import metrics
+from .facility_info import install_templates
 from .logout import CasaLogoutHandler, end_provider_tokens, provider_logout_url
 from .oidc import JWKSCache, OIDCError, ProviderMetadata, discover, verify_id_token
+from .pages import page_handlers
 from .refresh import ProviderRefresher, provider_meta
 from .tokens.broker import broker_handlers
 from .tokens.grants import UnsafeUsername, check_username
@@ -211,6 +213,10 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
     def _auth_refresh_age_default(self) -> int:
         return 60
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        install_templates(self.parent)  # the hub's pages (casa_hub/templates), before the hub loads them
+
     _provider: ProviderMetadata | None = None
     _jwks: JWKSCache | None = None
     _provider_lock: asyncio.Lock | None = None
@@ -250,6 +256,7 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             issuer.check_config()
             handlers.extend(issuer_handlers(issuer))
             handlers.extend(broker_handlers(issuer))
+        handlers.extend(page_handlers())  # "My facility" and its JSON twin (casa_hub.pages)
         try:
             # start discovery now so the first login does not wait for it
             self._warmup = asyncio.get_running_loop().create_task(self._warm_up())

@@ -189,6 +189,11 @@ def check_spawner(app: Any, report: Report, online: bool) -> None:
         integration = report.guard(cls.__name__, lambda cls=cls: cls(parent=mixin))
         if integration is None or not integration.enabled:
             continue
+        problem = getattr(integration, "configuration_problem", lambda: None)()
+        if problem:
+            report.add("error", f"integration {integration.name}", f"{problem} (notebooks would get no "
+                       f"{integration.name} settings)")
+            continue
         endpoints = [v for k, v in integration.trait_values().items()
                      if isinstance(v, str) and v and ("endpoint" in k or k.endswith("_url") or k == "url")
                      and "://" in v]

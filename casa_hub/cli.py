@@ -22,6 +22,8 @@ def _demo(args: argparse.Namespace) -> int:
         facility = DemoFacility(
             Path(args.state_dir), hub_port=args.port, idp_port=args.idp_port,
             node_modules=args.node_modules, progress=say,
+            # a Dask cluster per user (Dask Gateway as a hub service) when dask-gateway-server is installed
+            extra_env={"CASA_DEMO_DASK": "0" if args.no_dask else "1"},
         )
     except DemoError as e:
         print(f"casa-hub demo: error: {e}", file=sys.stderr)
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="public hub port (default 8000)")
     demo.add_argument("--idp-port", type=int, default=8089, help="demo identity provider port (default 8089)")
     demo.add_argument("--node-modules", default=None, help="node_modules with oidc-provider and configurable-http-proxy")
+    demo.add_argument("--no-dask", action="store_true", help="no Dask Gateway, no per-user Dask cluster")
     demo.set_defaults(func=_demo)
 
     check = sub.add_parser("check", help="validate a hub configuration and the services it names")

@@ -24,6 +24,13 @@ if [ "$mode" = test ]; then
   command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
   command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
   [ -f /etc/ssl/certs/ca-certificates.crt ] || apt_packages+=(ca-certificates)
+  # real Slurm for the Dask batch tests (tests/slurm_fixture.py); sudo for dask-gateway's SlurmBackend
+  [ -x /usr/sbin/slurmctld ] || apt_packages+=(slurmctld)
+  [ -x /usr/sbin/slurmd ] || apt_packages+=(slurmd)
+  [ -x /usr/bin/sbatch ] || apt_packages+=(slurm-client)
+  [ -x /usr/sbin/munged ] || apt_packages+=(munge)
+  [ -x /usr/bin/sudo ] || apt_packages+=(sudo)
+  /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)  # .venv-jobs
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   step "apt: installing ${apt_packages[*]}"
@@ -45,6 +52,18 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   touch "$stamp"
 else
   step "python: .venv is up to date"
+fi
+
+# Python for Dask batch jobs that run as another Unix user (tests/test_dask_slurm.py): the system's
+# python3, readable by every user, with the same dask versions as .venv
+if [ "$mode" = test ] && { [ ! -f .venv-jobs/.casa-installed ] || [ setup.cfg -nt .venv-jobs/.casa-installed ]; }; then
+  step "python: installing the Dask job environment .venv-jobs"
+  [ -x .venv-jobs/bin/python ] || /usr/bin/python3 -m venv .venv-jobs
+  .venv/bin/python -m pip freeze --exclude-editable > .venv-jobs/constraints.txt
+  quiet_pip .venv-jobs/bin/python -m pip install -q -c .venv-jobs/constraints.txt \
+    "dask-gateway-server[jobqueue]" dask-gateway pyjwt
+  chmod -R a+rX .venv-jobs
+  touch .venv-jobs/.casa-installed
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from slurm_fixture import slurm_site  # noqa: F401 - real Slurm in the XRootD site's namespace
 from xrootd_fixture import xrootd_facility, xrootd_site  # noqa: F401 - real XRootD origin + XCache
 
 from casa_hub.demo.facility import DemoFacility, free_port

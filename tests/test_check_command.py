@@ -67,7 +67,11 @@ def test_demo_configuration_passes_with_live_services(facility, env):
     ({"client_id": ""}, "CasaOIDCAuthenticator.client_id: is not set"),
     ({"generate": "", "key_dir": 'c.CasaTokenIssuer.key_dir = "/nonexistent/keys"'}, "does not exist"),
     ({"broken": "c.JupyterHub.ip = = 1"}, "failed to load: SyntaxError"),
-], ids=["grant too long", "traversal in scope", "provider down", "no client id", "no keys", "syntax error"])
+    ({"integrations": "from casa_hub.integrations import ServiceXIntegration, XCacheIntegration\n"
+                      "c.CasaSpawnerMixin.integration_classes = [XCacheIntegration, ServiceXIntegration]"},
+     "error integration servicex: ServiceXIntegration.endpoint is not set"),
+], ids=["grant too long", "traversal in scope", "provider down", "no client id", "no keys", "syntax error",
+        "service without endpoint"])
 def test_bad_configuration_is_reported_with_the_setting_named(facility, env, tmp_path, override, expected):
     override = {k: v.replace("{port}", str(free_port())) for k, v in override.items()}
     r = run_check(write_config(tmp_path, facility, **override), env)

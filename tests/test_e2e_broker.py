@@ -87,3 +87,13 @@ def test_rate_limit_per_user(facility, admin_token):
     assert codes.count(200) >= 10 and codes.count(429) >= 3, codes
     limited = broker(facility, bob)
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
+def test_renew_without_token_in_the_answer(facility, alice_server_token):
+    """The "Renew tokens now" button asks for no token value: the hub records and delivers it."""
+    r = requests.post(f"{facility.hub_url}/hub/api/casa/tokens/xcache?include_token=0",
+                      headers={"Authorization": f"token {alice_server_token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert "token" not in body and body["jti"] and body["expires_at"]
+    assert "eyJ" not in r.text, "no JWT anywhere in the answer"

@@ -74,3 +74,20 @@ def test_issuer_publishes_discovery_and_jwks_with_cache_headers(facility):
     assert doc["issuer"] == facility.issuer_url
     jwks = requests.get(doc["jwks_uri"], timeout=10).json()
     assert jwks["keys"] and all("d" not in k for k in jwks["keys"]), "private key material published"
+
+
+def metric_count(facility, admin_token: str, name: str, **labels: str) -> float:
+    text = admin_api(facility.hub_url, admin_token, "/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    found = re.search(rf"^{re.escape(name)}_count{{{re.escape(want)}}} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_admin_metrics_after_a_login_and_spawn(facility, admin_token):
+    """Mints by grant, token lifetimes and spawn preparation time are on /hub/metrics."""
+    login_and_start_server(facility.hub_url, admin_token, "alice", facility.password("alice"))
+    assert metric_count(facility, admin_token, "casa_hub_spawn_prepare_duration_seconds", outcome="ok") >= 1
+    assert metric_count(facility, admin_token, "casa_hub_token_lifetime_seconds", grant="xcache") >= 1
+    text = admin_api(facility.hub_url, admin_token, "/metrics").text
+    assert re.search(r'^casa_hub_tokens_minted_total\{grant="xcache"\} [1-9]', text, re.M)
+    assert 'casa_hub_token_lifetime_seconds_bucket{grant="xcache",le="1200.0"}' in text

@@ -395,3 +395,30 @@ def test_command_runs_until_sigterm_and_stops_cleanly(token_dir):
             proc.wait()
     assert proc.returncode == 0, rest
     assert "Traceback" not in rest and "server-credential" not in "".join(lines) + rest
+
+
+async def test_read_only_token_dir_leaves_delivery_to_the_hub(token_dir, scripted_hub, caplog, monkeypatch):
+    """On Kubernetes the token dir is a read-only Secret mount: the broker call makes the hub patch the
+    Secret, so the agent counts the renewal done and looks again later instead of retrying at once."""
+    import errno
+
+    from casa_hub.tokens import renewal
+
+    path = token_dir / "xcache.token"
+    old = make_token(T0, T0 + 3000, "old")
+    write_token_file(path, old)
+
+    def read_only(p, token):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(renewal, "write_token_file", read_only)
+    monkeypatch.setattr(renewal.os, "access", lambda p, mode: False)
+    scripted_hub.script.append((200, {}, json.dumps({"token": make_token(T0 + 2000, T0 + 5000, "fresh")})))
+    ft = FakeTime(T0 + 2000)
+    agent = agent_for(token_dir, ft, api_url=scripted_hub.url, log=logging.getLogger("test-renewal"))
+    with caplog.at_level(logging.INFO, "test-renewal"):
+        assert await agent.run_once(attempts=1) == {"xcache": "renewed"}
+    st = agent.states["xcache"]
+    assert st.retry_delays == [] and st.not_before == T0 + 2000 + agent.read_only_recheck
+    assert path.read_text() == old, "the agent never writes into a read-only mount"
+    assert "is read-only, the hub delivers the new token" in caplog.text

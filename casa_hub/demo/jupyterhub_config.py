@@ -35,6 +35,11 @@ c.CasaOIDCAuthenticator.allowed_groups = {"physicists"}
 c.CasaOIDCAuthenticator.admin_groups = {"facility-admins"}
 c.CasaOIDCAuthenticator.enable_auth_state = True  # key: JUPYTERHUB_CRYPT_KEY, kept in the state dir
 
+# --- the hub's pages: the facility's name, logo and support contact (casa_hub.facility_info)
+c.CasaFacility.name = "casa_hub demo facility"
+c.CasaFacility.support_url = "mailto:facility-support@demo.invalid"
+c.JupyterHub.logo_file = str(Path(__file__).resolve().parent / "logo.svg")
+
 # --- facility tokens
 c.CasaTokenIssuer.issuer_url = settings["issuer_url"]
 c.CasaTokenIssuer.key_dir = str(state / "issuer-keys")
@@ -80,6 +85,13 @@ if os.environ.get("CASA_DEMO_ADMIN_TOKEN"):
                    "tokens"],
         "services": ["casa-demo-admin"],
     }]
+
+# --- a Dask cluster per user: Dask Gateway (local backend) as a managed JupyterHub service, when
+# installed (the `dask` extra) and CASA_DEMO_DASK=1 (`casa-hub demo` sets it unless --no-dask)
+from casa_hub.dask.hub_config import add_embedded_gateway, gateway_available  # noqa: E402
+
+if gateway_available() and os.environ.get("CASA_DEMO_DASK") == "1":
+    add_embedded_gateway(c, state, hub_url)
 
 # --- extra config files (tests, site experiments), loaded last so they override the above
 for extra in settings.get("extra_hub_config", []):

@@ -123,7 +123,29 @@ class TokenBrokerHandler(_BrokerBase):
             if auth_state is not None:
                 store_minted(auth_state, [minted])
                 await user.save_auth_state(auth_state)
-        self.write_json(dict(minted.describe(), token=minted.token))
+        await update_running_servers(user, {grant: minted.token}, self.log)
+        doc = minted.describe()
+        if self.get_argument("include_token", "1") != "0":  # "0": the page's renew button (the hub
+            doc["token"] = minted.token                      # delivers it to the server; no value here)
+        self.write_json(doc)
+
+
+async def update_running_servers(user: Any, tokens: dict[str, str], log: Any) -> None:
+    """Hand freshly minted tokens to the user's active servers (``casa_update_tokens``), so a
+    server whose token directory is read-only (a Kubernetes Secret) gets them too. Best effort:
+    a failure is logged (without token values) and the caller still gets its token."""
+    for spawner in list(getattr(user, "spawners", {}).values()):
+        update = getattr(spawner, "casa_update_tokens", None)
+        if update is None or not spawner.active:
+            continue
+        try:
+            await update(tokens)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            for token in tokens.values():
+                reason = reason.replace(token, "[redacted]")
+            log.warning("casa token broker: could not hand new %s token(s) to %s's server %r (%s)",
+                        ", ".join(sorted(tokens)), user.name, spawner.name, reason)
 
 
 def broker_handlers(issuer: CasaTokenIssuer) -> list[tuple[str, type, dict[str, Any]]]:

@@ -282,7 +282,7 @@ class CasaTokenIssuer(SingletonConfigurable):
         token = jwt.encode(
             claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"}
         )
-        count_mint(grant_name)
+        count_mint(grant_name, grant.lifetime)
         self.log.getChild("audit").info(
             "mint user=%s grant=%s jti=%s scope=%r aud=%s exp=%d",
             username,

@@ -19,6 +19,7 @@ It runs inside the notebook's Jupyter server (``casa_hub.tokens.renewal_ext``) o
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import time
@@ -158,6 +159,13 @@ class CasaTokenRenewal(LoggingConfigurable):
         return proposal["value"]
 
     request_timeout = Float(20.0, config=True, help="Timeout (s) of one call to the hub's token broker.")
+    read_only_recheck = Float(
+        90.0,
+        config=True,
+        help="""With a read-only token directory (a Kubernetes Secret mount the hub updates), how long
+        (s) to wait after a renewal for the new file to appear before asking again.""",
+    )
+
     rescan_interval = Float(30.0, config=True, help="How often (s) the token directory is looked at for new token files.")
 
     def __init__(
@@ -184,6 +192,17 @@ class CasaTokenRenewal(LoggingConfigurable):
             return "no hub to ask (JUPYTERHUB_API_URL or JUPYTERHUB_API_TOKEN is not set)"
         return None
 
+    def _write(self, st: GrantState, token: str) -> bool:
+        """Replace the token file; False when the directory is a read-only mount (a Kubernetes
+        Secret) that the hub updates itself after each broker call."""
+        try:
+            write_token_file(st.path, token)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and not os.access(st.path.parent, os.W_OK):
+                return False
+            raise
+        return True
+
     def state(self, grant: str) -> GrantState:
         if grant not in self.states:
             self.states[grant] = GrantState(grant, Path(self.token_dir) / f"{grant}{TOKEN_SUFFIX}")
@@ -208,7 +227,7 @@ class CasaTokenRenewal(LoggingConfigurable):
             token = await request_token(
                 self.api_url, self._api_token, grant, self.request_timeout, self.clock(), hub_ssl_options()
             )
-            write_token_file(st.path, token)
+            delivered_by_hub = not self._write(st, token)
         except GrantRefused as e:
             st.status, st.last_error = "stopped", str(e)
             self.log.error(
@@ -247,6 +266,12 @@ class CasaTokenRenewal(LoggingConfigurable):
         st.renewals += 1
         st.status, st.last_error = "renewed", ""
         st.not_before = now + MIN_RENEW_INTERVAL
+        if delivered_by_hub:
+            # the file changes when the hub's update reaches the mount (kubelet sync): look again later
+            st.not_before = now + self.read_only_recheck
+            self.log.info("casa token renewal: renewed %r (jti=%s); %s is read-only, the hub delivers the "
+                          "new token to it", grant, jti, st.path.parent)
+            return "renewed"
         self.log.info(
             "casa token renewal: renewed %r in %s (jti=%s, expires %s, next renewal at %s)",
             grant, st.path, jti, _fmt_time(new_exp),
