@@ -11,8 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from jupyterhub.objects import Hub
 from kube_fake_api import FakeKubeAPI
+from kubespawner import KubeSpawner
 from traitlets.config import Config
 
 from casa_hub.tokens.issuer import CasaTokenIssuer
@@ -95,3 +97,15 @@ def token_values(spawner: Any, user: FakeUser) -> dict[str, str]:
     found = {f"facility token {g}": e["token"] for g, e in user.auth_state.get("casa_tokens", {}).items()}
     found["JupyterHub API token"] = spawner.api_token
     return found
+
+
+@pytest.fixture(scope="module", name="api")
+async def kube_api_fixture(tmp_path_factory):
+    """A recording Kubernetes API stand-in for one test module, with KubeSpawner pointed at it."""
+    fake = FakeKubeAPI()
+    fake.start()
+    previous = use_kubeconfig(fake, tmp_path_factory.mktemp("kube") / "kubeconfig")
+    yield fake
+    await KubeSpawner._stop_all_reflectors()
+    await fake.stop()
+    restore_kubeconfig(previous)

@@ -17,9 +17,10 @@ import logging
 
 import kubernetes_validate
 import pytest
-from casa_spawner_harness import (
+from casa_spawner_harness import (  # noqa: F401 - the api fixture
     FakeUser,
     base_config,
+    kube_api_fixture,
     kube_config,
     make_spawner,
     restore_kubeconfig,
@@ -27,8 +28,6 @@ from casa_spawner_harness import (
     use_kubeconfig,
 )
 from jupyterhub.objects import Server
-from kube_fake_api import FakeKubeAPI
-from kubespawner import KubeSpawner
 from packaging.version import Version
 
 from casa_hub.integrations import Contribution
@@ -49,17 +48,6 @@ class SiteKubeSpawner(CasaKubeSpawner):
         token = ctx.tokens.get("xcache", "")
         return Contribution(env={"SITE_ENDPOINT": "https://site.test"},
                             files={"site.yaml": f"endpoint: https://site.test\ntoken: {token}\n".encode()})
-
-
-@pytest.fixture(scope="module")
-async def api(tmp_path_factory):
-    fake = FakeKubeAPI()
-    fake.start()
-    previous = use_kubeconfig(fake, tmp_path_factory.mktemp("kube") / "kubeconfig")
-    yield fake
-    await KubeSpawner._stop_all_reflectors()
-    await fake.stop()
-    restore_kubeconfig(previous)
 
 
 @pytest.fixture

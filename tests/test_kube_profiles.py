@@ -10,16 +10,15 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from casa_spawner_harness import (
+from casa_spawner_harness import (  # noqa: F401 - the api fixture
     FakeUser,
     base_config,
+    kube_api_fixture,
     kube_config,
     make_spawner,
     restore_kubeconfig,
     use_kubeconfig,
 )
-from kube_fake_api import FakeKubeAPI
-from kubespawner import KubeSpawner
 from packaging.version import Version
 from tornado import web
 
@@ -37,17 +36,6 @@ PROFILES = [
      "kubespawner_override": {"node_selector": {"casa.example.org/gpu": "true"}}},
 ]
 K8S_VERSIONS = [v for v in kubernetes_validate.utils.all_versions() if Version(v) >= Version("1.28")]
-
-
-@pytest.fixture(scope="module")
-async def api(tmp_path_factory):
-    fake = FakeKubeAPI()
-    fake.start()
-    previous = use_kubeconfig(fake, tmp_path_factory.mktemp("kube") / "kubeconfig")
-    yield fake
-    await KubeSpawner._stop_all_reflectors()
-    await fake.stop()
-    restore_kubeconfig(previous)
 
 
 @pytest.fixture

@@ -7,16 +7,15 @@ import logging
 import sys
 
 import pytest
-from casa_spawner_harness import (
+from casa_spawner_harness import (  # noqa: F401 - the api fixture
     FakeUser,
     base_config,
+    kube_api_fixture,
     kube_config,
     make_spawner,
     restore_kubeconfig,
     use_kubeconfig,
 )
-from kube_fake_api import FakeKubeAPI
-from kubespawner import KubeSpawner
 
 from casa_hub.integrations import Contribution, Integration
 from casa_hub.spawner import CasaKubeSpawner, CasaLocalProcessSpawner
@@ -75,17 +74,6 @@ class KubeSite(HookRecorder, CasaKubeSpawner):
         CALLS.append("casa_modify_pod")
         pod.metadata.labels["site.example.org/hooked"] = "yes"
         return await super().casa_modify_pod(pod)
-
-
-@pytest.fixture(scope="module")
-async def api(tmp_path_factory):
-    fake = FakeKubeAPI()
-    fake.start()
-    previous = use_kubeconfig(fake, tmp_path_factory.mktemp("kube") / "kubeconfig")
-    yield fake
-    await KubeSpawner._stop_all_reflectors()
-    await fake.stop()
-    restore_kubeconfig(previous)
 
 
 @pytest.fixture
