@@ -115,3 +115,27 @@ async def test_a_hub_starts_from_the_drop_ins(hub_app, facility, tmp_path, env, 
     assert b'"kid"' in r.body
     meta = await app.authenticator.ensure_provider()
     assert meta.issuer == facility.idp_url
+
+
+def test_drop_ins_run_the_way_zero_to_jupyterhub_runs_them(tmp_path, env, monkeypatch):
+    """The chart's jupyterhub_config.py execs each drop-in in its own namespace, where `c` is the
+    config and `get_config(key, default)` is the chart's values reader (z2jh.get_config)."""
+    import sys
+    import types
+
+    from traitlets.config import Config
+
+    values = {"custom.casa": site(tmp_path)}
+    z2jh = types.ModuleType("z2jh")
+    z2jh.get_config = lambda key, default=None: values.get(key, default)
+    monkeypatch.setitem(sys.modules, "z2jh", z2jh)
+    monkeypatch.delenv("CASA_SITE_CONFIG")  # the values come from the chart, not a file
+    namespace = {"c": Config(), "get_config": z2jh.get_config}
+    for path in DROPINS:
+        exec(compile(path.read_text(), path.name, "exec"), namespace)  # noqa: S102 - as the chart does
+    cfg = namespace["c"]
+    assert cfg.JupyterHub.authenticator_class == "casa-oidc"
+    assert cfg.CasaOIDCAuthenticator.oidc_issuer == "https://idp.example.org"
+    assert cfg.CasaOIDCAuthenticator.client_secret == "not-a-real-secret"
+    assert cfg.JupyterHub.spawner_class == "casa-local"
+    assert "apply" not in namespace, "drop-ins must not shadow names in the chart's namespace"

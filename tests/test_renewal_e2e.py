@@ -120,7 +120,7 @@ def test_agent_in_notebook_server_replaces_token_before_expiry(short_facility, a
     path = alice["token_dir"] / "xcache.token"
     old = alice["first_xcache"]
     old_claims = verify_with_published_jwks(old, short_facility.issuer_url, "casa-demo-xcache")
-    old_inode = path.stat().st_ino
+    held_open = open(path)  # noqa: SIM115 - an in-place rewrite would show through this handle
     # grants the hub refuses (403: alice is not a facility admin; 404: no such grant), checked below
     for grant in ("operations", "no-such-grant"):
         write_token_file(alice["token_dir"] / f"{grant}.token", fake_token(grant))
@@ -139,7 +139,8 @@ def test_agent_in_notebook_server_replaces_token_before_expiry(short_facility, a
     assert new_claims["iat"] >= old_claims["iat"] + 2 * LIFETIME // 3 - 1, "renewed too early: before 2/3 of the old token's lifetime"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(alice["token_dir"].stat().st_mode) == 0o700
-    assert path.stat().st_ino != old_inode, "replaced by rename, not rewritten in place"
+    with held_open:
+        assert held_open.read() == old, "replaced by rename, not rewritten in place"
     assert reader.reads > 0 and reader.seen[0] == old
     partial = [c for c in reader.seen if not is_complete_token(c, "alice")]
     assert not partial, f"a reader saw {len(partial)} incomplete token file(s)"
