@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--offline", action="store_true", help="do not contact the provider, issuer or services")
     check.set_defaults(func=_check)
 
+    from . import explain
+
+    dry_run = sub.add_parser("explain", help="dry run: the grants, token claims, env, files (and pod and "
+                                             "Secret) a user's server would get; no token values")
+    explain.add_arguments(dry_run)
+    dry_run.set_defaults(func=explain.run_cli)
+
     keys = sub.add_parser("keys", help="rotate the facility issuer's signing keys in a key directory")
     keys.add_argument("action", choices=["status", "add-next", "promote", "prune"],
                       help="status: list keys by role; add-next: create and publish a next key; "
