@@ -113,7 +113,9 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         config=True,
         help="""Claim (from the verified ID token merged with userinfo) used as the username, or a
         callable taking the claims dict. The result is lower-cased; names that cannot be placed
-        safely in a path are refused with a clear message.""",
+        safely in a path are refused with a clear message, also when only lower-casing would make
+        them safe (KELVIN SIGN lower-cases to an ASCII 'k'). A name listed in ``username_map``
+        (lower-cased) is mapped instead of refused.""",
     )
 
     groups_claim = Unicode(
@@ -357,9 +359,12 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
                 "ask the facility's administrators",
                 "no_username",
             )
-        username = self.normalize_username(raw)
         try:
-            return check_username(username)
+            if raw.lower() not in self.username_map:
+                # checked before lower-casing too: str.lower() turns KELVIN SIGN (U+212A) into an
+                # ASCII 'k', so a look-alike claim would otherwise sign in as another user's name
+                check_username(raw)
+            return check_username(self.normalize_username(raw))
         except UnsafeUsername as e:
             raise OIDCError(f"your username cannot be used at this facility: {e}", "unsafe_username") from None
 

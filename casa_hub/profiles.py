@@ -71,10 +71,10 @@ def parse_profile(raw: Any, where: str) -> Profile:
     if not isinstance(name, str) or not name:
         raise ProfileConfigError(f"{where}.display_name: required, a non-empty string")
     slug = raw.get("slug") or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    if not _SLUG.match(slug):
+    if not isinstance(slug, str) or not _SLUG.match(slug):
         raise ProfileConfigError(f"{where}.slug: {slug!r} must be lower-case letters, digits and '-'")
     groups = raw.get("groups", [])
-    if isinstance(groups, str) or not all(isinstance(g, str) and g for g in groups):
+    if not isinstance(groups, list | tuple) or not all(isinstance(g, str) and g for g in groups):
         raise ProfileConfigError(f"{where}.groups: expected a list of group names")
     for key in ("cpu_limit", "cpu_guarantee"):
         value = raw.get(key)

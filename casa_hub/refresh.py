@@ -125,7 +125,10 @@ class ProviderRefresher:
         store_minted(state, minted, now)
         await user.save_auth_state(state)
         await self._notify_servers(user, state)
-        return {"name": user.name, "auth_state": state}
+        model: dict[str, Any] = {"name": user.name, "auth_state": state}
+        if self.auth.manage_groups:  # JupyterHub requires groups in every model when it manages them
+            model["groups"] = groups
+        return model
 
     # ---- provider refresh -------------------------------------------------------------------------
 

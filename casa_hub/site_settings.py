@@ -93,6 +93,8 @@ def _checked_mapping(value: Any, where: str) -> dict[str, Any]:
 def _resolve_env(value: Any, where: str) -> Any:
     if isinstance(value, dict) and set(value) == {"env"}:
         name = value["env"]
+        if not isinstance(name, str) or not name:
+            raise SiteSettingsError(f"{where}: {{env: NAME}} needs the name of an environment variable")
         if name not in os.environ:
             raise SiteSettingsError(f"{where} is read from the environment variable {name}, which is not set")
         return os.environ[name]
@@ -103,8 +105,8 @@ def _resolve_env(value: Any, where: str) -> Any:
     return value
 
 
-def _unknown(key: str, known: list[str], where: str) -> SiteSettingsError:
-    close = difflib.get_close_matches(key, known, n=3)
+def _unknown(key: Any, known: list[str], where: str) -> SiteSettingsError:
+    close = difflib.get_close_matches(str(key), known, n=3)  # YAML keys may be numbers, null, ...
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
     return SiteSettingsError(f"{where}.{key} is not a setting{hint}")
 
@@ -122,7 +124,7 @@ def apply_section(c: Any, section: dict[str, Any], cls: type, where: str) -> Non
             probe = cls()
         try:
             setattr(probe, key, value)  # the class's own validation, as at hub start
-        except (TraitError, ValueError) as e:
+        except (TraitError, ValueError, TypeError) as e:
             raise SiteSettingsError(f"{where}.{key}: {e}") from None
         c[cls.__name__][key] = value
 
@@ -144,7 +146,7 @@ def apply(c: Any, part: str, settings: dict[str, Any] | None = None) -> None:
         enable_broker(c)
     elif part == "spawner":
         kind = settings.get("spawner_kind", "kube")
-        if kind not in SPAWNERS:
+        if not isinstance(kind, str) or kind not in SPAWNERS:
             raise SiteSettingsError(f"casa.spawner_kind must be one of {', '.join(SPAWNERS)}, not {kind!r}")
         c.JupyterHub.spawner_class = SPAWNERS[kind]
         apply_section(c, settings.get("spawner", {}), _load_class(SECTIONS["spawner"]), "casa.spawner")

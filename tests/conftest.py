@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from leak_scan import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - fails the run on a token leak
 from slurm_fixture import slurm_site  # noqa: F401 - real Slurm in the XRootD site's namespace
 from xrootd_fixture import xrootd_facility, xrootd_site  # noqa: F401 - real XRootD origin + XCache
 

@@ -160,6 +160,25 @@ class SlurmSite:
         self._wait_idle(timeout)
         self.startup_seconds = time.monotonic() - t0
 
+    def stop_controller(self) -> None:
+        """Stop slurmctld by PID (SIGTERM: it saves its state in StateSaveLocation first)."""
+        proc = self.procs.pop("slurmctld")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start_controller(self, timeout: float = 60.0) -> None:
+        """Start slurmctld again; it recovers jobs and nodes from StateSaveLocation."""
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
+        self._wait_idle(timeout, busy_ok=True)
+
+    def restart_controller(self, timeout: float = 60.0) -> None:
+        self.stop_controller()
+        self.start_controller(timeout)
+
     def stop(self) -> None:
         """Stop the daemons this site started (by PID), then remove what it added."""
         for name in ("slurmd", "slurmctld", "munged"):
@@ -210,7 +229,9 @@ class SlurmSite:
                 raise SlurmSetupError(f"munged did not start: {self.log_tail('munged')}")
             time.sleep(0.05)
 
-    def _wait_idle(self, timeout: float) -> None:
+    def _wait_idle(self, timeout: float, busy_ok: bool = False) -> None:
+        """Wait until the node is up: idle or mixed (also allocated with ``busy_ok``: jobs run)."""
+        ready = {"localhost idle", "localhost mixed"} | ({"localhost allocated"} if busy_ok else set())
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
@@ -219,7 +240,7 @@ class SlurmSite:
                     raise SlurmSetupError(f"{name} exited ({self.procs[name].returncode}):\n{self.log_tail(name)}")
             r = self.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10)
             state = r.stdout.strip()
-            if r.returncode == 0 and state in ("localhost idle", "localhost mixed"):
+            if r.returncode == 0 and state in ready:
                 return
             time.sleep(0.2)
         raise SlurmSetupError(f"the node did not become idle within {timeout:.0f} s (sinfo: {state!r}):\n"

@@ -52,6 +52,7 @@ def test_sign_in_lands_in_jupyterlab_with_a_verifiable_token(page, facility, adm
     expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=120_000)
     expect(page.locator(".jp-Launcher").first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(artifacts_dir / "jupyterlab-after-login.png"))
+    (artifacts_dir / "jupyterlab-after-login.html").write_text(page.content())  # read by the leak scan
 
     model = wait_for_server(facility.hub_url, admin_token, "bob")
     env = read_server_environ(model["servers"][""]["state"]["pid"])

@@ -90,6 +90,7 @@ def alice(browser, site):
 def check_page(page, name: str, artifacts_dir: Path) -> None:
     """Screenshot ``name`` into the artifacts and assert axe-core finds nothing serious."""
     page.screenshot(path=str(artifacts_dir / f"pages-{name}.png"), full_page=True)
+    (artifacts_dir / f"pages-{name}.html").write_text(page.content())  # read by the leak scan
     problems = serious_violations(page, artifacts_dir / f"axe-pages-{name}.json")
     assert not problems, f"accessibility problems on the {name} page:\n" + "\n".join(problems)
 

@@ -20,7 +20,6 @@ def notebook_env(xrootd_facility, xrootd_site, admin_token) -> dict[str, str]:
     env = read_server_environ(model["servers"][""]["state"]["pid"])
     # what XCacheIntegration.ca_dir exports at a site; here the test site's CA
     env["X509_CERT_DIR"] = str(xrootd_site.ca_dir)
-    xrootd_site.refresh_issuer_keys()  # the hub may have rotated keys earlier in the session
     return env
 
 

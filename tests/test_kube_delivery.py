@@ -28,6 +28,7 @@ from casa_spawner_harness import (  # noqa: F401 - the api fixture
     use_kubeconfig,
 )
 from jupyterhub.objects import Server
+from leak_scan import dump_manifests
 from packaging.version import Version
 
 from casa_hub.integrations import Contribution
@@ -115,7 +116,7 @@ async def test_secret_is_created_after_the_pod_owned_by_it_and_mounted_read_only
     await spawner.stop()
 
 
-async def test_pod_and_secret_manifests_validate_for_supported_kubernetes_versions(api, config):
+async def test_pod_and_secret_manifests_validate_for_supported_kubernetes_versions(api, config, artifacts_dir):
     assert K8S_VERSIONS and K8S_VERSIONS[0] == "1.28.0", K8S_VERSIONS
     manifests = []
     for cls in (CasaKubeSpawner, SiteKubeSpawner):  # without and with config files
@@ -125,6 +126,7 @@ async def test_pod_and_secret_manifests_validate_for_supported_kubernetes_versio
         await spawner.stop()
         api.reset()
     assert [m["kind"] for m in manifests] == ["Pod", "Secret", "Pod", "Secret"]
+    dump_manifests(artifacts_dir / "k8s-manifests", "kube-delivery", manifests)  # read by the leak scan
     config_volumes = [v for v in manifests[2]["spec"]["volumes"] if v["name"] == "casa-config"]
     assert config_volumes[0]["secret"]["items"] == [{"key": "config.site.yaml", "path": "site.yaml"}]
     problems = []

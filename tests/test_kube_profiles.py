@@ -19,6 +19,7 @@ from casa_spawner_harness import (  # noqa: F401 - the api fixture
     restore_kubeconfig,
     use_kubeconfig,
 )
+from leak_scan import dump_manifests
 from packaging.version import Version
 from tornado import web
 
@@ -96,10 +97,11 @@ async def test_starting_with_a_profile_the_user_may_not_have_creates_nothing(api
     assert alice.user.auth_state == {}, "no token minted for a refused spawn"
 
 
-async def test_the_pod_follows_the_chosen_profile(api, config):
+async def test_the_pod_follows_the_chosen_profile(api, config, artifacts_dir):
     bob = spawner_for(config, "bob", ["physicists", "facility-admins"], {"profile": "admin-gpu"})
     await bob.start()
     pod = api.sent("POST", "pods")[0].body
+    dump_manifests(artifacts_dir / "k8s-manifests", "kube-profile-gpu", [pod])  # read by the leak scan
     container = notebook_container(api)
     assert container["image"] == "casa-hub/notebook-gpu:0.1.0"
     assert container["resources"]["limits"] == {"cpu": 8.0, "memory": 32 * 2**30, "nvidia.com/gpu": "1"}
@@ -146,7 +148,7 @@ def test_profiles_without_groups_are_for_everyone_and_unknown_slugs_are_400():
 
 def test_the_profiles_in_helm_values_are_valid():
     values = yaml.safe_load((Path(__file__).parent.parent / "helm-values.yaml").read_text())
-    profiles = CasaProfiles(profiles=values["hub"]["config"]["CasaProfiles"]["profiles"])
+    profiles = CasaProfiles(profiles=values["custom"]["casa"]["profiles"]["profiles"])  # read by the drop-ins
     assert [p.slug for p in profiles.for_groups(["physicists"])] == ["standard"]
     assert profiles.parsed[1].kubespawner_entry("nvidia.com/gpu")["kubespawner_override"][
         "extra_resource_limits"] == {"nvidia.com/gpu": "1"}

@@ -189,6 +189,27 @@ class XRootDSite:
             self._wait_xrootd(name, timeout)
         self.startup_seconds = time.monotonic() - t0
 
+    def stop_server(self, name: str) -> None:
+        """Stop one xrootd ("origin" or "cache") by PID, as a crash or an operator would."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start_server(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped xrootd again with the same configuration, data and key cache."""
+        log = self.xrootd_log_path(name)
+        since = log.stat().st_size if log.exists() else 0
+        self._spawn_xrootd(name)
+        self._wait_xrootd(name, timeout, since)
+
+    def restart_server(self, name: str, timeout: float = 60.0) -> None:
+        self.stop_server(name)
+        self.start_server(name, timeout)
+
     def stop(self) -> None:
         """Stop every process this site started (by PID), delete the namespace and the run directory."""
         for name in ("cache", "origin", "forwarder", "bridge"):
@@ -309,11 +330,13 @@ class XRootDSite:
                 raise XRootDSetupError(f"{name} did not start within {timeout:.0f} s: {self.log_tail(name)}")
             time.sleep(0.05)
 
-    def _wait_xrootd(self, name: str, timeout: float) -> None:
+    def _wait_xrootd(self, name: str, timeout: float, since: int = 0) -> None:
+        """Wait for "initialization completed" in the log after byte ``since`` (a restart appends)."""
         log = self.xrootd_log_path(name)
         deadline = time.monotonic() + timeout
         while True:
-            text = log.read_text(errors="replace") if log.exists() else ""
+            raw = log.read_bytes() if log.exists() else b""
+            text = raw[since if len(raw) >= since else 0:].decode(errors="replace")
             if "initialization completed" in text:
                 return
             if "initialization failed" in text or self.procs[name].poll() is not None:

@@ -91,6 +91,13 @@ def _http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @dataclass
 class DemoFacility:
     state_dir: Path
@@ -106,6 +113,8 @@ class DemoFacility:
     #: the facility issuer URL (``iss``); defaults to ``<hub_url>/hub/casa-issuer``
     issuer_url_override: str | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: processes a stopped hub left running (servers with ``cleanup_servers = False``); ``stop`` ends them
+    orphans: list[psutil.Process] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
@@ -165,6 +174,8 @@ class DemoFacility:
             "cookie_keys": [cookie_keys],
             "access_token_ttl": 600,
             "clock_tolerance": 0,
+            # sessions, grants and tokens survive a provider restart, as the hub's auth_state does
+            "storage_file": "provider-state.jsonl",
             **self.idp_overrides,
         }
         _write_secret(self.state_dir / "idp" / "config.json", json.dumps(idp_config, indent=2))
@@ -212,16 +223,29 @@ class DemoFacility:
         for port, what in ((self.hub_port, "--port"), (self.idp_port, "--idp-port")):
             if not port_is_free(port):
                 raise DemoError(f"port {port} on 127.0.0.1 is in use; choose another with {what}")
-        node = shutil.which("node")
-        if not node:
+        if not shutil.which("node"):
             raise DemoError("node (Node.js 20 or newer) is not on PATH")
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CASA_DEMO_"))}
         t0 = time.monotonic()
         self.progress(f"[2/3] starting the demo identity provider at {self.idp_url}")
-        self._spawn("idp", [node, str(PROVIDER_SCRIPT), str(self.state_dir / "idp" / "config.json")],
-                    dict(base_env, CASA_NODE_MODULES=str(self.node_modules)))
-        self._wait_for("idp", f"{self.idp_url}/healthz", lambda s: s == 200, timeout)
+        self.start_idp(timeout)
         self.progress(f"[3/3] starting JupyterHub at {self.hub_url} (hub, proxy, token issuer)")
+        self.start_hub(timeout)
+        self.progress(f"ready in {time.monotonic() - t0:.1f} s")
+
+    @staticmethod
+    def _base_env() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CASA_DEMO_"))}
+
+    def start_idp(self, timeout: float = 90.0) -> None:
+        """Start the provider (again) from the prepared state and wait until it answers."""
+        self._spawn("idp", [shutil.which("node") or "node", str(PROVIDER_SCRIPT),
+                            str(self.state_dir / "idp" / "config.json")],
+                    dict(self._base_env(), CASA_NODE_MODULES=str(self.node_modules)))
+        self._wait_for("idp", f"{self.idp_url}/healthz", lambda s: s == 200, timeout)
+
+    def start_hub(self, timeout: float = 90.0) -> None:
+        """Start the hub (again) from the prepared state (same ports, database, keys) and wait until it answers."""
+        base_env = self._base_env()
         hub_env = dict(
             base_env,
             CASA_DEMO_STATE=str(self.state_dir),
@@ -231,10 +255,43 @@ class DemoFacility:
         )
         self._spawn("hub", [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)], hub_env)
         self._wait_for("hub", f"{self.hub_url}/hub/api", lambda s: s == 200, timeout)
-        self.progress(f"ready in {time.monotonic() - t0:.1f} s")
+
+    def stop_process(self, name: str, timeout: float = 30.0) -> None:
+        """Stop one started process ("hub" or "idp") by PID: SIGTERM, then SIGKILL to its process group.
+
+        What the hub leaves running (its servers, with ``cleanup_servers = False``) is remembered
+        in ``orphans`` and ended by ``stop``."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.orphans = [p for p in {*self.orphans, *tree} if _alive(p)]
+        # the hub ends its proxy without waiting for it: wait until the public port is free again
+        deadline = time.monotonic() + timeout
+        while name == "hub" and not port_is_free(self.hub_port):
+            if time.monotonic() > deadline:
+                raise DemoError(f"port {self.hub_port} is still in use {timeout:.0f} s after the hub stopped")
+            time.sleep(0.1)
+
+    def restart_hub(self, timeout: float = 90.0) -> None:
+        """Stop the hub process only and start it again with the same state. With
+        ``c.JupyterHub.cleanup_servers = False`` the servers keep running and the new hub resumes
+        them; the hub stops and starts its proxy (``cleanup_proxy``), which re-adds their routes."""
+        self.stop_process("hub", timeout)
+        self.start_hub(timeout)
 
     def descendants(self) -> list[psutil.Process]:
-        found = []
+        found = [p for p in self.orphans if _alive(p)]
         for proc in self.procs.values():
             try:
                 found.append(psutil.Process(proc.pid))
@@ -256,6 +313,11 @@ class DemoFacility:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for p in self.orphans:  # no hub stops these any more
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
         _, alive = psutil.wait_procs(tree, timeout=5)
         for p in alive:
             try:
@@ -263,6 +325,7 @@ class DemoFacility:
             except psutil.NoSuchProcess:
                 pass
         self.procs.clear()
+        self.orphans.clear()
 
     def __enter__(self) -> DemoFacility:
         try:

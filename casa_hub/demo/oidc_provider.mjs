@@ -6,12 +6,14 @@
 //
 // Config keys: issuer (http://127.0.0.1:PORT, required), clients (required),
 // users (required), access_token_ttl, id_token_ttl, refresh_token_ttl,
-// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys, claims.
+// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys, claims, storage_file.
 // A user is {username, password, name, email, groups}, optionally with "sub"
 // (default: the username) and "claims" (merged over the others; null removes one).
 // "claims" maps each scope to the claim names it releases (default below).
-// Relative jwks_file paths are resolved against the config file's directory.
-// Listens on 127.0.0.1 only. In-memory storage: all state is lost on exit.
+// Relative jwks_file and storage_file paths are resolved against the config file's directory.
+// Listens on 127.0.0.1 only. State (sessions, grants, codes, access and refresh
+// tokens) is kept in memory and lost on exit, unless "storage_file" names a file
+// (mode 0600) in which it is kept across restarts.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -76,6 +78,113 @@ function loadJwks() {
   return jwks;
 }
 
+// ---------------------------------------------------------------- storage
+// With "storage_file" a restarted provider still knows its sessions, grants and
+// tokens (a refresh token issued before the restart keeps working): every change
+// is appended to the file as one JSON line; at start the file is replayed and
+// compacted. Without it, oidc-provider's in-memory adapter is used.
+class FileStore {
+  constructor(file) {
+    this.file = file;
+    this.entries = new Map(); // key -> { value, exp: ms since the epoch or null }
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    for (const line of text.split('\n')) {
+      let rec;
+      try { rec = JSON.parse(line); } catch { continue; } // empty or torn line
+      if (rec.v === undefined) this.entries.delete(rec.k);
+      else this.entries.set(rec.k, { value: rec.v, exp: rec.e ?? null });
+    }
+    this.compact();
+  }
+
+  live(key) {
+    const entry = this.entries.get(key);
+    if (entry && entry.exp !== null && entry.exp <= Date.now()) this.delete(key);
+    else return entry;
+    return undefined;
+  }
+
+  get(key) { return this.live(key)?.value; }
+
+  set(key, value, exp) {
+    this.entries.set(key, { value, exp });
+    this.append({ k: key, v: value, e: exp });
+  }
+
+  delete(key) {
+    if (this.entries.delete(key)) this.append({ k: key });
+  }
+
+  keys(prefix) { return [...this.entries.keys()].filter((k) => k.startsWith(prefix)); }
+
+  append(rec) {
+    fs.appendFileSync(this.file, `${JSON.stringify(rec)}\n`, { mode: 0o600 });
+    this.lines += 1;
+    if (this.lines > 1000 + 4 * this.entries.size) this.compact();
+  }
+
+  compact() {
+    const now = Date.now();
+    this.entries = new Map([...this.entries].filter(([, e]) => e.exp === null || e.exp > now));
+    const tmp = `${this.file}.tmp`;
+    const lines = [...this.entries].map(([k, e]) => `${JSON.stringify({ k, v: e.value, e: e.exp })}\n`);
+    fs.writeFileSync(tmp, lines.join(''), { mode: 0o600 });
+    fs.renameSync(tmp, this.file);
+    this.lines = lines.length;
+  }
+}
+
+// The adapter interface of oidc-provider, on a FileStore (one per provider).
+const GRANT_MEMBERS = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode',
+  'BackchannelAuthenticationRequest']);
+class FileAdapter {
+  constructor(model, store, toleranceSeconds) {
+    Object.assign(this, { model, store, toleranceSeconds });
+  }
+
+  key(id) { return `${this.model}:${id}`; }
+
+  async upsert(id, payload, expiresIn) {
+    const exp = typeof expiresIn === 'number' ? Date.now() + (expiresIn + this.toleranceSeconds) * 1000 : null;
+    this.store.set(this.key(id), payload, exp);
+  }
+
+  async find(id) { return this.store.get(this.key(id)); }
+
+  async findBy(field, value) {
+    for (const key of this.store.keys(`${this.model}:`)) {
+      const payload = this.store.get(key);
+      if (payload && payload[field] === value) return payload;
+    }
+    return undefined;
+  }
+
+  async findByUid(uid) { return this.findBy('uid', uid); }
+
+  async findByUserCode(userCode) { return this.findBy('userCode', userCode); }
+
+  async consume(id) {
+    const entry = this.store.live(this.key(id));
+    if (entry) this.store.set(this.key(id), { ...entry.value, consumed: Math.floor(Date.now() / 1000) }, entry.exp);
+  }
+
+  async destroy(id) { this.store.delete(this.key(id)); }
+
+  async revokeByGrantId(grantId) {
+    for (const model of GRANT_MEMBERS) {
+      for (const key of this.store.keys(`${model}:`)) {
+        if (this.store.get(key)?.grantId === grantId) this.store.delete(key);
+      }
+    }
+  }
+}
+
+function storageAdapter() {
+  if (!config.storage_file) return undefined; // oidc-provider's in-memory adapter
+  const store = new FileStore(path.resolve(path.dirname(configPath), config.storage_file));
+  return (model) => new FileAdapter(model, store, config.clock_tolerance ?? 0);
+}
+
 // ---------------------------------------------------------------- helpers
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 // Usernames come from a form: keep log lines single-line and unambiguous.
@@ -130,6 +239,7 @@ const provider = new Provider(config.issuer, {
   responseTypes: ['code'],
   clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
   jwks: loadJwks(),
+  adapter: storageAdapter(),
   cookies: { keys: config.cookie_keys || [crypto.randomBytes(32).toString('hex')] },
   scopes: [...new Set(['openid', 'offline_access', ...Object.keys(scopeClaims)])],
   claims: scopeClaims,

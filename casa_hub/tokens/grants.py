@@ -21,6 +21,7 @@ MAX_LIFETIME = 6 * 60 * 60
 _SAFE_USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@+-]{0,127}")
 _TEMPLATE_FIELDS = {"username"}
 _GRANT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_INCOMPLETE_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class GrantConfigError(ValueError):
@@ -67,15 +68,28 @@ def _check_template(where: str, template: str) -> None:
     if not isinstance(template, str) or not template or any(c.isspace() for c in template):
         raise GrantConfigError(f"{where}: each scope must be a non-empty string without spaces")
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parts = list(string.Formatter().parse(template))
     except ValueError as e:
         raise GrantConfigError(f"{where}: bad scope template {template!r}: {e}") from None
-    unknown = fields - _TEMPLATE_FIELDS
+    fields = [(f, spec, conversion) for _, f, spec, conversion in parts if f is not None]
+    unknown = {f for f, _, _ in fields} - _TEMPLATE_FIELDS
     if unknown:
         raise GrantConfigError(
             f"{where}: unknown placeholder(s) {sorted(unknown)} in {template!r}; "
             f"allowed: {{username}}"
         )
+    if any(spec or conversion for _, spec, conversion in fields):
+        # {username:.0} renders nothing, {username:>9} adds spaces (a second scope), {username!r} quotes
+        raise GrantConfigError(f"{where}: write the placeholder as {{username}} (no format spec or "
+                               f"conversion) in {template!r}")
+    before_placeholder = ""  # the template's text up to its first placeholder
+    for literal, field, _, _ in parts:
+        before_placeholder += literal
+        if field is not None:
+            break
+    if fields and ":" not in before_placeholder:
+        raise GrantConfigError(f"{where}: {{username}} may only appear in the path of a scope "
+                               f"(after ':'), not in its authorization: {template!r}")
     _check_scope_path(where, template)
 
 
@@ -88,6 +102,10 @@ def _check_scope_path(where: str, template: str) -> None:
         raise GrantConfigError(f"{where}: the path in {template!r} must be absolute (start with /)")
     if "\\" in path or not path.isprintable():
         raise GrantConfigError(f"{where}: the path in {template!r} has a backslash or control character")
+    if _INCOMPLETE_ESCAPE.search(path):
+        # '%2{username}' would become '%2e' (a '.' segment) for the username 'e'
+        raise GrantConfigError(f"{where}: the path in {template!r} has a '%' that does not start "
+                               f"a complete escape such as %2F")
     for segment in path.split("/"):
         while "%" in segment and unquote(segment) != segment:  # %2e%2e, %252e%252e, ...
             segment = unquote(segment)
@@ -128,7 +146,7 @@ def parse_grant(name: str, spec: Mapping[str, Any], setting: str = "grants") -> 
         )
     groups = spec.get("groups")
     if groups is not None:
-        if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
+        if not isinstance(groups, list | tuple | set | frozenset) or not all(isinstance(g, str) for g in groups):
             raise GrantConfigError(f"{where}.groups: a list of group names (or omit it for all users)")
         groups = frozenset(groups)
     return Grant(name, audience.strip(), tuple(scopes), lifetime, groups)
