@@ -170,7 +170,7 @@ def test_gateway_access_is_added_to_users_and_server_tokens_after_the_broker():
     user_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "user")
     assert user_role["scopes"] == ["self", f"{RENEW_SCOPE}!user", SCOPE], \
         "users must keep the broker scope and gain the gateway's access scope once"
-    assert c.Spawner.server_token_scopes == ["users:activity!user", f"{RENEW_SCOPE}!user", SCOPE]
+    assert c.Spawner.server_token_scopes == ["users:activity!user", "access:servers!server", f"{RENEW_SCOPE}!user", SCOPE]
 
 
 def test_gateway_access_keeps_jupyterhubs_server_scopes_when_unset():

@@ -261,7 +261,8 @@ def test_roles_scopes_services_and_crypt_key_under_the_chart(chart_env):
     assert roles["casa-dask-gateway"]["groups"] == ["physicists"]
     assert "jupyterhub-idle-culler" in roles, "the chart's own role is kept"
     assert RENEW_SCOPE in c.JupyterHub.custom_scopes
-    assert c.Spawner.server_token_scopes == ["users:activity!user", f"{RENEW_SCOPE}!user", GATEWAY_SCOPE]
+    assert c.Spawner.server_token_scopes == ["users:activity!user", "access:servers!server", f"{RENEW_SCOPE}!user",
+                                            GATEWAY_SCOPE]
     gateway = next(s for s in c.JupyterHub.services if s["name"] == "dask-gateway")
     assert gateway["url"] == "http://traefik-dask-gateway" and gateway["api_token"]
     assert c.CryptKeeper["keys"] == ["cd" * 32], "auth_state is encrypted with the key from casa-hub-secrets"

@@ -148,5 +148,7 @@ def test_enable_broker_grants_renew_scope_to_users_and_servers_only():
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["monitoring"]["scopes"] == ["read:metrics"]
     assert roles["user"]["scopes"] == ["self", f"{RENEW_SCOPE}!user"]
-    assert f"{RENEW_SCOPE}!user" in c.Spawner.server_token_scopes
+    assert c.Spawner.server_token_scopes == ["users:activity!user", "access:servers!server", f"{RENEW_SCOPE}!user"]
+    enable_broker(c)  # idempotent
+    assert c.Spawner.server_token_scopes.count(f"{RENEW_SCOPE}!user") == 1
     assert RENEW_SCOPE in c.JupyterHub.custom_scopes

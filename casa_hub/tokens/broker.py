@@ -38,7 +38,14 @@ def enable_broker(c: Any) -> None:
     roles = [r for r in roles if r.get("name") != "user"]
     roles.append({"name": "user", "scopes": ["self", f"{RENEW_SCOPE}!user"]})
     hub.load_roles = roles
-    c.Spawner.server_token_scopes = ["users:activity!user", f"{RENEW_SCOPE}!user"]
+    # JupyterHub's own `server` role scopes, plus renewing the server owner's facility tokens
+    existing = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else None
+    renew = f"{RENEW_SCOPE}!user"
+    if callable(existing):
+        c.Spawner.server_token_scopes = lambda spawner: [*existing(spawner), renew]
+    else:
+        scopes = list(existing or ["users:activity!user", "access:servers!server"])
+        c.Spawner.server_token_scopes = scopes if renew in scopes else [*scopes, renew]
 
 
 class RateLimiter:
