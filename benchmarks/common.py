@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import statistics
 import sys
@@ -34,6 +35,15 @@ class Row:
         return self.value / self.baseline_value
 
 
+class BenchmarkFailed(RuntimeError):
+    """A benchmark ran but what it measured went wrong (e.g. failed logins). ``rows`` are its figures,
+    written with the failure noted; the run exits non-zero."""
+
+    def __init__(self, message: str, rows: list[Row] | None = None) -> None:
+        super().__init__(message)
+        self.rows = list(rows or [])
+
+
 @dataclass
 class Options:
     duration: float = 1.5  # seconds of work per measured function (throughput benchmarks)
@@ -41,6 +51,7 @@ class Options:
     requests: int = 300  # HTTP requests per endpoint and mode
     concurrency: int = 8
     via: str = "hub"  # "hub": the hub's API URL (what servers use), "proxy": through the proxy
+    quick: bool = False  # ``--quick``: benchmarks with their own sizes use their shorter variant
 
 
 @dataclass
@@ -66,6 +77,7 @@ class Context:
                 extra_env={"CASA_DEMO_ADMIN_TOKEN": self.admin_token,
                            # the broker's per-user limit would otherwise cap the measurement
                            "CASA_DEMO_BROKER_RATE": "6000000"},
+                extra_hub_config=[ROOT / "benchmarks" / "hub_configs" / "shared.py"],
                 progress=lambda msg: self.log(f"  facility: {msg}"),
             )
             self._facility = fac
@@ -138,12 +150,21 @@ def _fmt(x: float | None) -> str:
     return f"{x:.2f}"
 
 
-def table(rows: list[Row]) -> str:
-    """A markdown table, padded so that it also reads well in a terminal."""
-    head = ["benchmark", "case", "metric", "value", "baseline (same run)", "baseline value", "ratio"]
-    body = [[r.benchmark, r.case, r.metric, _fmt(r.value), r.baseline, _fmt(r.baseline_value),
-             f"{r.ratio:.2f}x" if r.ratio is not None else ""] for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=False)]
+HEAD = ["benchmark", "case", "metric", "value", "baseline (same run)", "baseline value", "ratio"]
+
+
+def cells(row: Row) -> list[str]:
+    """A row as the table's cells."""
+    return [row.benchmark, row.case, row.metric, _fmt(row.value), row.baseline, _fmt(row.baseline_value),
+            f"{row.ratio:.2f}x" if row.ratio is not None else ""]
+
+
+def table(rows: list[Row] | list[list[str]]) -> str:
+    """A markdown table (of rows, or of cells as ``cells`` gives them), padded so that it also reads
+    well in a terminal."""
+    body = [cells(r) if isinstance(r, Row) else list(r) for r in rows]
+    body = [[c.replace("|", "\\|") for c in b] for b in body]
+    widths = [max(len(str(c)) for c in col) for col in zip(HEAD, *body, strict=False)]
     right = {3, 5, 6}
 
     def line(cells: list[str]) -> str:
@@ -151,4 +172,18 @@ def table(rows: list[Row]) -> str:
                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
 
     sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(head), sep, *(line(b) for b in body)])
+    return "\n".join([line(HEAD), sep, *(line(b) for b in body)])
+
+
+def parse_table(text: str) -> list[list[str]]:
+    """The body cells of the first table ``table`` wrote into ``text`` (for merging runs)."""
+    found: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            if found:
+                break
+            continue
+        parts = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+        found.append([p.strip().replace("\\|", "|") for p in parts])
+    body = found[2:]  # after the header and the separator
+    return [row for row in body if len(row) == len(HEAD)]
