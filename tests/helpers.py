@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html import unescape
 from urllib.parse import urljoin
 
 import jwt
 import requests
+
+from casa_hub.demo.facility import DemoFacility, free_port
 
 FORM_ACTION = re.compile(r'<form[^>]*action="([^"]+)"')
 
@@ -77,3 +81,20 @@ def verify_with_published_jwks(token: str, issuer_url: str, audience: str) -> di
     kid = jwt.get_unverified_header(token)["kid"]
     key = next(k for k in jwks["keys"] if k["kid"] == kid)
     return jwt.decode(token, jwt.PyJWK(key).key, algorithms=[key["alg"]], audience=audience, issuer=issuer_url)
+
+
+@contextmanager
+def running_facility(tmp_path_factory, name: str, admin_token: str, *hub_configs: str,
+                     extra_env: dict[str, str] | None = None, **kw) -> Iterator[DemoFacility]:
+    """A demo facility of its own on free ports, with the test admin service and ``hub_configs``
+    (JupyterHub config file texts, loaded after the demo's own); stopped on exit."""
+    state = tmp_path_factory.mktemp(name)
+    extra = []
+    for i, text in enumerate(hub_configs):
+        extra.append(state / f"extra_hub_config_{i}.py")
+        extra[-1].write_text(text)
+    fac = DemoFacility(state / "facility", hub_port=free_port(), idp_port=free_port(),
+                       extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token, **(extra_env or {})},
+                       extra_hub_config=extra, progress=lambda msg: print(f"{name} facility: {msg}"), **kw)
+    with fac:
+        yield fac

@@ -9,9 +9,9 @@ import time
 import jwt
 import pytest
 import requests
-from helpers import admin_api, http_login, verify_with_published_jwks
+from helpers import admin_api, http_login, running_facility, verify_with_published_jwks
 
-from casa_hub.demo.facility import DemoFacility, free_port
+from casa_hub.demo.facility import DemoFacility
 from casa_hub.tokens.keyring import add_next, promote
 
 pytestmark = pytest.mark.e2e
@@ -19,15 +19,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def rotating_facility(tmp_path_factory, admin_token):
-    state = tmp_path_factory.mktemp("rotation")
-    extra = state / "rotation_config.py"
-    extra.write_text("c.CasaTokenIssuer.key_reload_interval = 0.2\n")
-    fac = DemoFacility(
-        state / "facility", hub_port=free_port(), idp_port=free_port(),
-        extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token, "CASA_DEMO_BROKER_RATE": "1000000"},
-        extra_hub_config=[extra], progress=lambda msg: print(f"rotation facility: {msg}"),
-    )
-    with fac:
+    with running_facility(tmp_path_factory, "rotation", admin_token,
+                          "c.CasaTokenIssuer.key_reload_interval = 0.2\n",
+                          extra_env={"CASA_DEMO_BROKER_RATE": "1000000"}) as fac:
         yield fac
 
 

@@ -14,9 +14,15 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
-from helpers import admin_api, http_login, login_and_start_server, read_server_environ
+from helpers import (
+    admin_api,
+    http_login,
+    login_and_start_server,
+    read_server_environ,
+    running_facility,
+)
 
-from casa_hub.demo.facility import DemoFacility, free_port
+from casa_hub.demo.facility import DemoFacility
 
 pytestmark = pytest.mark.e2e
 
@@ -26,20 +32,11 @@ MARGIN = 15
 
 @pytest.fixture(scope="module")
 def fac(tmp_path_factory, admin_token):
-    state = tmp_path_factory.mktemp("refresh")
-    extra = state / "refresh_config.py"
-    extra.write_text(
-        "c.CasaOIDCAuthenticator.auth_refresh_age = 1\n"
-        f"c.CasaOIDCAuthenticator.refresh_margin = {MARGIN}\n"
-        "c.CasaOIDCAuthenticator.refresh_retry_interval = 1\n"
-    )
-    facility = DemoFacility(
-        state / "facility", hub_port=free_port(), idp_port=free_port(),
-        extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token}, extra_hub_config=[extra],
-        idp_overrides={"access_token_ttl": ACCESS_TTL},
-        progress=lambda msg: print(f"refresh facility: {msg}"),
-    )
-    with facility:
+    config = ("c.CasaOIDCAuthenticator.auth_refresh_age = 1\n"
+              f"c.CasaOIDCAuthenticator.refresh_margin = {MARGIN}\n"
+              "c.CasaOIDCAuthenticator.refresh_retry_interval = 1\n")
+    with running_facility(tmp_path_factory, "refresh", admin_token, config,
+                          idp_overrides={"access_token_ttl": ACCESS_TTL}) as facility:
         yield facility
 
 

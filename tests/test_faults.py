@@ -31,6 +31,7 @@ from helpers import (
     http_login,
     login_and_start_server,
     read_server_environ,
+    running_facility,
     wait_for_server,
 )
 from xrootd_fixture import (
@@ -42,7 +43,7 @@ from xrootd_fixture import (
     xrootd_missing,
 )
 
-from casa_hub.demo.facility import DemoFacility, _http_status, free_port
+from casa_hub.demo.facility import DemoFacility, _http_status
 from casa_hub.tokens.keyring import add_next, promote
 
 pytestmark = pytest.mark.e2e
@@ -78,27 +79,17 @@ ALICE_FILE = "/store/user/alice/events.txt"
 
 @pytest.fixture(scope="module")
 def idp_fac(tmp_path_factory, admin_token):
-    state = tmp_path_factory.mktemp("faults-idp")
-    (state / "extra.py").write_text(PROVIDER_CONFIG)
-    fac = DemoFacility(state / "facility", hub_port=free_port(), idp_port=free_port(),
-                       extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token}, extra_hub_config=[state / "extra.py"],
-                       idp_overrides={"access_token_ttl": ACCESS_TTL},
-                       progress=lambda msg: print(f"provider-fault facility: {msg}"))
-    with fac:
+    with running_facility(tmp_path_factory, "provider-fault", admin_token, PROVIDER_CONFIG,
+                          idp_overrides={"access_token_ttl": ACCESS_TTL}) as fac:
         yield fac
 
 
 @pytest.fixture(scope="module")
 def hub_fac(tmp_path_factory, admin_token):
     """Issuer https://localhost/hub/casa-issuer, so that a real XRootD (``site``) can trust it."""
-    state = tmp_path_factory.mktemp("faults-hub")
-    (state / "xrootd.py").write_text(EXTRA_HUB_CONFIG)  # the cache's own grant; keys re-read every 0.5 s
-    (state / "faults.py").write_text(FAULTS_HUB_CONFIG)
-    fac = DemoFacility(state / "facility", hub_port=free_port(), idp_port=free_port(),
-                       extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token}, issuer_url_override=ISSUER_URL,
-                       extra_hub_config=[state / "xrootd.py", state / "faults.py"],
-                       progress=lambda msg: print(f"hub-fault facility: {msg}"))
-    with fac:
+    # EXTRA_HUB_CONFIG: the cache's own grant; keys re-read every 0.5 s
+    with running_facility(tmp_path_factory, "hub-fault", admin_token, EXTRA_HUB_CONFIG, FAULTS_HUB_CONFIG,
+                          issuer_url_override=ISSUER_URL) as fac:
         yield fac
 
 

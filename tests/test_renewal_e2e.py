@@ -26,10 +26,11 @@ from helpers import (
     http_login,
     login_and_start_server,
     read_server_environ,
+    running_facility,
     verify_with_published_jwks,
 )
 
-from casa_hub.demo.facility import DemoFacility, free_port
+from casa_hub.demo.facility import free_port
 from casa_hub.tokens.renewal import CasaTokenRenewal
 from casa_hub.tokens.renewal_files import write_token_file
 
@@ -50,13 +51,7 @@ c.Spawner.args.append("--CasaTokenRenewal.rescan_interval=2")  # merged into the
 
 @pytest.fixture(scope="module")
 def short_facility(tmp_path_factory, admin_token):
-    state = tmp_path_factory.mktemp("renewal-facility")
-    extra = state.parent / f"{state.name}-short-grants.py"
-    extra.write_text(SHORT_GRANTS)
-    fac = DemoFacility(state, hub_port=free_port(), idp_port=free_port(), extra_hub_config=[extra],
-                       extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token},
-                       progress=lambda msg: print(f"renewal facility: {msg}"))
-    with fac:
+    with running_facility(tmp_path_factory, "renewal", admin_token, SHORT_GRANTS) as fac:
         yield fac
 
 
