@@ -317,10 +317,12 @@ def test_hook_sourced_under_set_e_never_stops_the_server_start(pod):
 # ---- the worker entrypoint -----------------------------------------------------------------------
 
 STUB = """#!/bin/sh
-# stand-in for {name}: records its arguments (one per line) and whether it got a hub credential
-{{ echo "pid $$"; echo "api-token ${{JUPYTERHUB_API_TOKEN:+set}}"; echo "token-dir ${{CASA_TOKEN_DIR:-}}";
-  for a in "$@"; do echo "arg $a"; done; }} > "$STUB_LOG/{name}.started"
+# stand-in for {name}: records its arguments (one per line) and whether it got a hub credential;
+# the record appears complete (renamed into place), and a TERM after it is always noted
 trap 'echo terminated >> "$STUB_LOG/{name}.started"; exit {term_rc}' TERM
+{{ echo "pid $$"; echo "api-token ${{JUPYTERHUB_API_TOKEN:+set}}"; echo "token-dir ${{CASA_TOKEN_DIR:-}}";
+  for a in "$@"; do echo "arg $a"; done; }} > "$STUB_LOG/{name}.recording"
+mv "$STUB_LOG/{name}.recording" "$STUB_LOG/{name}.started"
 {body}
 """
 
@@ -331,7 +333,10 @@ def stubs(pod):
     bin_dir.mkdir()
     log.mkdir()
     wait = "i=0; while [ $i -lt 1200 ]; do i=$((i+1)); sleep 0.05; done"  # until TERM, 60 s at most
-    bodies = {"dask": (f'[ -z "$STUB_DASK_WAIT" ] || {{ {wait}; }}\nexit ${{STUB_DASK_RC:-0}}', 143),
+    # STUB_DASK_AFTER_RENEWAL: dask ends only once the renewal stand-in has recorded its start
+    after_renewal = ('[ -z "$STUB_DASK_AFTER_RENEWAL" ] || { i=0; while [ ! -e "$STUB_LOG/casa-hub.started" ] '
+                     '&& [ $i -lt 1200 ]; do i=$((i+1)); sleep 0.05; done; }')
+    bodies = {"dask": (f'{after_renewal}\n[ -z "$STUB_DASK_WAIT" ] || {{ {wait}; }}\nexit ${{STUB_DASK_RC:-0}}', 143),
               "casa-hub": (wait, 0)}
     for name, (body, term_rc) in bodies.items():
         (bin_dir / name).write_text(STUB.format(name=name, body=body, term_rc=term_rc))
@@ -387,7 +392,8 @@ def test_entrypoint_usage_and_missing_command(pod, stubs):
 
 
 def test_entrypoint_renews_tokens_alongside_dask_when_configured(pod, stubs):
-    r = run(["bash", ENTRYPOINT, "worker", "tcp://127.0.0.1:8786"], pod, env={"STUB_DASK_RC": "3"})
+    r = run(["bash", ENTRYPOINT, "worker", "tcp://127.0.0.1:8786"], pod,
+            env={"STUB_DASK_RC": "3", "STUB_DASK_AFTER_RENEWAL": "1"})
     assert r.returncode == 3
     renewal = record(stubs, "casa-hub")
     assert renewal is not None, f"casa-hub renew-tokens must run:\n{r.stderr}"
