@@ -38,7 +38,7 @@ MIB = 1024 * 1024
 IMPORTS = {
     "plain": ["jupyterhub.app", "oauthenticator.generic", "kubespawner", "benchmarks.fast_spawner"],
     "casa": ["jupyterhub.app", "oauthenticator.generic", "kubespawner", "benchmarks.fast_spawner",
-             "casa_hub.auth", "benchmarks.casa_fast_spawner"],
+             "casa_hub.auth.authenticator", "benchmarks.casa_fast_spawner"],
 }
 
 

@@ -1,7 +1,7 @@
 # Extra hub configuration for tests/test_browser_pages.py (loaded after the demo's own config).
 #
 # - the facility's name, logo and support link;
-# - server profiles by group (casa_hub.profiles);
+# - server profiles by group (casa_hub.spawner.profiles);
 # - two facility services that ask a small HTTP service run by the test (CASA_TEST_PROBE_URL):
 #   "Test data service" (its health is checked before a notebook is configured; a spawn is refused
 #   with a clear message while it is down; its /gate lets the test hold a spawn between two steps)

@@ -26,10 +26,10 @@ import requests
 from helpers import admin_api, http_login, login_and_start_server, read_server_environ
 from traitlets.config import Config, LoggingConfigurable
 
-from casa_hub.dask.credentials import NOTE
 from casa_hub.demo.facility import DemoFacility, free_port
 from casa_hub.integrations.base import IntegrationError, SpawnContext
-from casa_hub.integrations.dask import DaskIntegration
+from casa_hub.integrations.dask.credentials import NOTE
+from casa_hub.integrations.dask.integration import DaskIntegration
 
 pytestmark = pytest.mark.e2e
 

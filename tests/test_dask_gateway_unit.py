@@ -17,11 +17,20 @@ import pytest
 import yaml
 from traitlets.config import Config, LoggingConfigurable
 
-from casa_hub.dask.credentials import NOTE, MissingGatewayScope, gateway_scope, issue_user_token
-from casa_hub.dask.hub_config import SERVER_ROLE_SCOPES, add_embedded_gateway, enable_gateway_access
 from casa_hub.dask.local import FacilityLocalBackend, FacilityLocalClusterConfig
 from casa_hub.integrations.base import SpawnContext
-from casa_hub.integrations.dask import CLUSTER_ENV, DaskIntegration, _matches
+from casa_hub.integrations.dask.credentials import (
+    NOTE,
+    MissingGatewayScope,
+    gateway_scope,
+    issue_user_token,
+)
+from casa_hub.integrations.dask.gateway_service import (
+    SERVER_ROLE_SCOPES,
+    add_embedded_gateway,
+    enable_gateway_access,
+)
+from casa_hub.integrations.dask.integration import CLUSTER_ENV, DaskIntegration, _matches
 from casa_hub.tokens.broker import RENEW_SCOPE, enable_broker
 
 TOKEN = "eyJhbGciOiJFUzI1NiJ9.c2VjcmV0LXN0b3JhZ2UtdG9rZW4.c2ln"  # stands for a facility token value

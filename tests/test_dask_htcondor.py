@@ -36,9 +36,9 @@ from helpers import admin_api, http_login, verify_with_published_jwks
 from test_dask_htcondor_recorder import install_recorder, read_records
 from traitlets.config import Config
 
+from casa_hub.common.ports import free_port
 from casa_hub.dask import htcondor_submit as hs
 from casa_hub.dask.htcondor import HTCondorBackend, HTCondorClusterConfig
-from casa_hub.demo.facility import free_port
 from casa_hub.tokens.issuer import IssuerError
 
 VENV_BIN = Path(sys.executable).parent

@@ -19,9 +19,9 @@ import pytest
 from helpers import admin_api, http_login, verify_with_published_jwks
 from test_dask_htcondor_recorder import install_recorder, read_records
 
+from casa_hub.common.files import write_private
+from casa_hub.common.ports import free_port
 from casa_hub.dask.jobqueue import BrokerTokenSource, FacilityHTCondorCluster
-from casa_hub.dask.worker_tokens import write_private
-from casa_hub.demo.facility import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from helpers import http_login
 
-from casa_hub.demo.facility import free_port
+from casa_hub.common.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from casa_hub.check import load_hub
+from casa_hub.cli.check import load_hub
 from casa_hub.tokens.issuer import CasaTokenIssuer
 
 DROPINS = sorted((Path(__file__).parent.parent / "jupyterhub_config.d").glob("*.py"))

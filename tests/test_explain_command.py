@@ -23,7 +23,7 @@ import pytest
 from kube_fake_api import FakeKubeAPI
 
 from casa_hub import cli
-from casa_hub.explain_dry_run import ExplainError, explain
+from casa_hub.cli.explain_dry_run import ExplainError, explain
 from casa_hub.tokens import keyring
 
 JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")

@@ -1,5 +1,5 @@
-"""Fuzzing site configuration: the drop-ins' site file (``casa_hub.site_settings``) and the XRootD /
-HTCondor snippets (``casa_hub.tokens.site_config``).
+"""Fuzzing site configuration: the drop-ins' site file (``casa_hub.site_file``) and the XRootD /
+HTCondor snippets (``casa_hub.tokens.site_snippets``).
 
 - Any mapping a YAML or JSON site file can hold (any keys, any values, ``{"env": ...}`` references)
   is either applied, each value checked by its class, or refused with ``SiteSettingsError`` naming
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from traitlets.config import Config
 
-from casa_hub.site_settings import (
+from casa_hub.site_file import (
     INTEGRATIONS,
     SECTIONS,
     TOP_LEVEL,
@@ -32,7 +32,7 @@ from casa_hub.site_settings import (
     read_site_settings,
 )
 from casa_hub.tokens.grants import parse_grants
-from casa_hub.tokens.site_config import (
+from casa_hub.tokens.site_snippets import (
     MAX_INI_LINE,
     SiteConfigError,
     htcondor_config,

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from traitlets.config import Config
 
-from casa_hub.auth import CasaOIDCAuthenticator
-from casa_hub.oidc import OIDCError
+from casa_hub.auth.authenticator import CasaOIDCAuthenticator
+from casa_hub.auth.oidc import OIDCError
 
 SCALE = int(os.environ.get("CASA_FUZZ_SCALE", "1"))
 # CI: the same examples on every run (derandomized, no example database). CASA_FUZZ_SCALE=N runs N

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from casa_hub.check import load_hub, run_checks
-from casa_hub.explain_dry_run import explain
+from casa_hub.cli.check import load_hub, run_checks
+from casa_hub.cli.explain_dry_run import explain
 from casa_hub.tokens import keyring
 from casa_hub.tokens.broker import RENEW_SCOPE
 from casa_hub.tokens.grants import parse_grants
@@ -224,14 +224,14 @@ def load_chart_hub():
 
 
 def test_dropins_configure_the_hub_from_custom_casa(chart_env, values):
-    from casa_hub.auth import CasaOIDCAuthenticator
+    from casa_hub.auth.authenticator import CasaOIDCAuthenticator
     from casa_hub.integrations import (
         HTCondorIntegration,
         MLflowIntegration,
         ServiceXIntegration,
         XCacheIntegration,
     )
-    from casa_hub.integrations.dask import DaskIntegration
+    from casa_hub.integrations.dask.integration import DaskIntegration
     from casa_hub.spawner import CasaKubeSpawner
 
     casa = values["custom"]["casa"]

@@ -1,7 +1,7 @@
 """ID token checks against the real provider's published JWKS, with forged and broken tokens.
 
 Tokens are signed here with the provider's own key (read from the demo state) or with a foreign key,
-so each check in casa_hub.oidc.verify_id_token is exercised against the real key set.
+so each check in casa_hub.auth.oidc.verify_id_token is exercised against the real key set.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from casa_hub.oidc import JWKSCache, OIDCError, discover, verify_id_token
+from casa_hub.auth.oidc import JWKSCache, OIDCError, discover, verify_id_token
 
 pytestmark = pytest.mark.e2e
 CLIENT = "casa-hub"

@@ -1,5 +1,5 @@
 """The real MLflow client in alice's notebook environment logs to a real ``mlflow server`` whose
-auth app runs ``casa_hub.mlflow_server_auth:authenticate_request`` and trusts the real facility issuer.
+auth app runs ``casa_hub.integrations.mlflow.server_auth:authenticate_request`` and trusts the real facility issuer.
 
 The facility here has an ``mlflow`` grant and the MLflow integration enabled (extra hub config); the
 server (``mlflow server --app-name basic-auth`` on 127.0.0.1, sqlite stores in a temporary directory)
@@ -30,14 +30,14 @@ from traitlets.config import Config
 
 from casa_hub.demo.facility import DemoFacility, free_port
 from casa_hub.tokens.issuer import CasaTokenIssuer
-from casa_hub.tokens.renewal_files import write_token_file
+from casa_hub.tokens.renewal.files import write_token_file
 
 pytestmark = pytest.mark.e2e
 
 AUDIENCE = "casa-demo-mlflow"
 MLFLOW_GRANT = {"audience": AUDIENCE, "scopes": ["mlflow.write"], "lifetime": 600, "groups": ["physicists"]}
 HUB_CONFIG = """
-from casa_hub.integrations.mlflow import MLflowIntegration
+from casa_hub.integrations.mlflow.integration import MLflowIntegration
 c.CasaTokenIssuer.grants.update({{"mlflow": {grant!r}}})  # merged into the demo's grants
 c.CasaSpawnerMixin.integration_classes.append(MLflowIntegration)
 c.MLflowIntegration.tracking_uri = {uri!r}
@@ -46,7 +46,7 @@ AUTH_INI = """[mlflow]
 default_permission = READ
 database_uri = sqlite:///{db}
 admin_username = admin
-authorization_function = casa_hub.mlflow_server_auth:authenticate_request
+authorization_function = casa_hub.integrations.mlflow.server_auth:authenticate_request
 """
 CLIENT = """
 import json, os, sys

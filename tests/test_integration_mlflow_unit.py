@@ -15,18 +15,22 @@ from flask import Flask, Response
 from traitlets.config import Config
 from werkzeug.datastructures import Authorization
 
-from casa_hub import mlflow_server_auth
 from casa_hub.integrations import MLflowIntegration, SpawnContext, XCacheIntegration
-from casa_hub.mlflow_client import (
+from casa_hub.integrations.mlflow import server_auth as mlflow_server_auth
+from casa_hub.integrations.mlflow.client import (
     CasaTokenHeaderProvider,
     is_facility_server,
     read_token,
     token_file,
 )
-from casa_hub.mlflow_server_auth import ConfigError, FacilityTokenAuth, ServerAuthSettings
+from casa_hub.integrations.mlflow.server_auth import (
+    ConfigError,
+    FacilityTokenAuth,
+    ServerAuthSettings,
+)
 from casa_hub.spawner import CasaLocalProcessSpawner
 from casa_hub.tokens import CasaTokenIssuer
-from casa_hub.tokens.renewal_files import write_token_file
+from casa_hub.tokens.renewal.files import write_token_file
 from casa_hub.tokens.verifier import FacilityTokenVerifier
 
 ISS = "https://hub.test/hub/casa-issuer"
@@ -95,7 +99,7 @@ def test_a_misconfigured_server_is_skipped_with_a_warning_naming_the_setting(tmp
 
 def test_spawner_configuration_enables_the_integration():
     config = Config()
-    config.CasaSpawnerMixin.integration_classes = [XCacheIntegration, "casa_hub.integrations.mlflow.MLflowIntegration"]
+    config.CasaSpawnerMixin.integration_classes = [XCacheIntegration, "casa_hub.integrations.mlflow.integration.MLflowIntegration"]
     config.MLflowIntegration.tracking_uri = SERVER
     spawner = CasaLocalProcessSpawner(config=config)
     [mlflow] = [i for i in spawner.integrations if isinstance(i, MLflowIntegration)]
@@ -132,7 +136,7 @@ def test_mlflow_loads_the_provider_from_the_entry_point():
     from mlflow.tracking.request_header.registry import _request_header_provider_registry
 
     assert any(isinstance(p, CasaTokenHeaderProvider) for p in _request_header_provider_registry), (
-        "setup.cfg must register casa_hub.mlflow_client:CasaTokenHeaderProvider under "
+        "setup.cfg must register casa_hub.integrations.mlflow.client:CasaTokenHeaderProvider under "
         "mlflow.request_header_provider (reinstall casa_hub after changing entry points)")
 
 

@@ -30,7 +30,8 @@ from integration_support import (
 from servicex.configuration import Configuration
 from traitlets.config import Config
 
-from casa_hub.integrations import Contribution, ServiceXIntegration, servicex_auth
+from casa_hub.integrations import Contribution, ServiceXIntegration
+from casa_hub.integrations.servicex import client_auth as servicex_auth
 from casa_hub.tokens.issuer import CasaTokenIssuer
 
 GRANTS = {
@@ -133,7 +134,7 @@ def test_misconfiguration_is_skipped_with_a_logged_reason(caplog, settings, name
 
 def test_the_client_loads_the_plugin_through_its_entry_points():
     eps = {ep.name: ep.value for ep in entry_points(group="servicex.query")}
-    assert eps.get("CasaFacilityAuth") == "casa_hub.integrations.servicex_auth:CasaFacilityAuth"
+    assert eps.get("CasaFacilityAuth") == "casa_hub.integrations.servicex.client_auth:CasaFacilityAuth"
 
 
 def test_the_token_file_is_read_on_every_lookup(tmp_path, monkeypatch):
@@ -209,7 +210,7 @@ def test_a_users_own_servicex_yaml_keeps_precedence(tmp_path, tokens):
 def test_control_the_stock_client_sends_the_storage_token(tmp_path, tokens):
     # Without the plugin's token selection the real client takes BEARER_TOKEN_FILE: the clash the
     # plugin solves, and proof that the recording above would see a wrong token.
-    script = "from casa_hub.integrations import servicex_auth\nservicex_auth.uninstall()\n" + DELIVER_SCRIPT
+    script = "from casa_hub.integrations.servicex import client_auth\nclient_auth.uninstall()\n" + DELIVER_SCRIPT
     with RecordingServiceX() as sx:
         env, cwd = notebook_env(tmp_path, tokens, sx.url)
         (cwd / "servicex.yaml").write_bytes(Path(env["CASA_SERVICEX_CONFIG"]).read_bytes())
@@ -221,7 +222,7 @@ def test_control_the_stock_client_sends_the_storage_token(tmp_path, tokens):
 @pytest.mark.e2e
 def test_without_the_plugin_the_client_fails_closed(tmp_path, tokens):
     # casa_hub missing where the client runs: no configuration is found, nothing is sent
-    script = "from casa_hub.integrations import servicex_auth\nservicex_auth.uninstall()\n" + DELIVER_SCRIPT
+    script = "from casa_hub.integrations.servicex import client_auth\nclient_auth.uninstall()\n" + DELIVER_SCRIPT
     with RecordingServiceX() as sx:
         env, cwd = notebook_env(tmp_path, tokens, sx.url)
         run = run_client(env, cwd, script)

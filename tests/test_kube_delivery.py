@@ -32,8 +32,8 @@ from leak_scan import dump_manifests
 from packaging.version import Version
 
 from casa_hub.integrations import Contribution
-from casa_hub.kube_secret import SecretDeliveryError
 from casa_hub.spawner import CasaKubeSpawner
+from casa_hub.spawner.kube_secret import SecretDeliveryError
 from casa_hub.tokens.broker import update_running_servers
 from casa_hub.tokens.issuer import CasaTokenIssuer
 

@@ -23,8 +23,8 @@ from leak_scan import dump_manifests
 from packaging.version import Version
 from tornado import web
 
-from casa_hub.profiles import CasaProfiles, ProfileConfigError, kube_profile_list
 from casa_hub.spawner import CasaKubeSpawner
+from casa_hub.spawner.profiles import CasaProfiles, ProfileConfigError, kube_profile_list
 from casa_hub.tokens.issuer import CasaTokenIssuer
 
 PROFILES = [

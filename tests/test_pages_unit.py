@@ -12,10 +12,10 @@ import os
 import pytest
 from traitlets.config import Config
 
-from casa_hub.facility_info import TEMPLATES, CasaFacility, install_templates
-from casa_hub.facility_summary import describe, grant_rows, live_status
 from casa_hub.integrations.base import Integration, IntegrationError
-from casa_hub.spawn_feedback import (
+from casa_hub.pages.facility_info import TEMPLATES, CasaFacility, install_templates
+from casa_hub.pages.summary import describe, grant_rows, live_status
+from casa_hub.spawner.progress import (
     CasaSpawnError,
     FormFieldError,
     SpawnProgress,

@@ -30,14 +30,14 @@ from helpers import (
     verify_with_published_jwks,
 )
 
-from casa_hub.demo.facility import free_port
-from casa_hub.tokens.renewal import CasaTokenRenewal
-from casa_hub.tokens.renewal_files import write_token_file
+from casa_hub.common.ports import free_port
+from casa_hub.tokens.renewal.agent import CasaTokenRenewal
+from casa_hub.tokens.renewal.files import write_token_file
 
 pytestmark = pytest.mark.e2e
 
 LIFETIME = 45
-EXTENSION_ARG = "--ServerApp.jpserver_extensions=casa_hub.tokens.renewal_ext=True"
+EXTENSION_ARG = "--ServerApp.jpserver_extensions=casa_hub.tokens.renewal.server_extension=True"
 SHORT_GRANTS = f"""
 c.CasaTokenIssuer.grants = {{
     "xcache": {{"audience": "casa-demo-xcache", "scopes": ["storage.read:/user/{{username}}"],

@@ -23,12 +23,12 @@ from tornado.web import Application, RequestHandler
 from traitlets import TraitError
 from traitlets.config import LoggingConfigurable
 
-from casa_hub.demo.facility import free_port
+from casa_hub.common.ports import free_port
 from casa_hub.spawner import CasaLocalProcessSpawner
-from casa_hub.tokens import renewal_ext
-from casa_hub.tokens.renewal import CasaTokenRenewal, renewal_time, retry_delay
-from casa_hub.tokens.renewal_broker import parse_retry_after
-from casa_hub.tokens.renewal_files import grant_files, read_token_times, write_token_file
+from casa_hub.tokens.renewal import server_extension as renewal_ext
+from casa_hub.tokens.renewal.agent import CasaTokenRenewal, renewal_time, retry_delay
+from casa_hub.tokens.renewal.broker_client import parse_retry_after
+from casa_hub.tokens.renewal.files import grant_files, read_token_times, write_token_file
 
 T0 = 1_700_000_000.0
 
@@ -318,7 +318,7 @@ async def test_extension_does_nothing_without_a_token_dir(monkeypatch):
     monkeypatch.delenv("CASA_TOKEN_DIR", raising=False)
     app = FakeServerApp(log=logging.getLogger("test-ext"))
     app.web_app = SimpleNamespace(settings={})
-    assert renewal_ext._jupyter_server_extension_points() == [{"module": "casa_hub.tokens.renewal_ext"}]
+    assert renewal_ext._jupyter_server_extension_points() == [{"module": "casa_hub.tokens.renewal.server_extension"}]
     renewal_ext._load_jupyter_server_extension(app)
     await renewal_ext._start_jupyter_server_extension(app)
     assert app.web_app.settings == {}
@@ -345,7 +345,7 @@ async def test_extension_runs_the_agent_as_a_task_in_the_server_loop(monkeypatch
 def test_spawner_enables_the_extension_for_its_servers(enabled):
     spawner = CasaLocalProcessSpawner(user=SimpleNamespace(name="alice"), hub=Hub(), args=["--allow-root"],
                                       renewal_agent=enabled)
-    ext = "--ServerApp.jpserver_extensions=casa_hub.tokens.renewal_ext=True"
+    ext = "--ServerApp.jpserver_extensions=casa_hub.tokens.renewal.server_extension=True"
     assert spawner.get_args() == (["--allow-root", ext] if enabled else ["--allow-root"])
     assert spawner.args == ["--allow-root"], "the configured args are not modified"
 
@@ -402,7 +402,7 @@ async def test_read_only_token_dir_leaves_delivery_to_the_hub(token_dir, scripte
     Secret, so the agent counts the renewal done and looks again later instead of retrying at once."""
     import errno
 
-    from casa_hub.tokens import renewal
+    from casa_hub.tokens.renewal import agent as renewal
 
     path = token_dir / "xcache.token"
     old = make_token(T0, T0 + 3000, "old")

@@ -9,7 +9,7 @@ import pytest
 
 from casa_hub.cli import main
 from casa_hub.tokens.grants import Grant, parse_grants
-from casa_hub.tokens.site_config import (
+from casa_hub.tokens.site_snippets import (
     MAX_INI_LINE,
     SiteConfigError,
     htcondor_config,

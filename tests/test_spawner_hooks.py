@@ -1,5 +1,5 @@
 """Site hooks: a subclass overriding each hook point sees them called once each, in the documented
-order (casa_hub/spawner.py's module docstring), for local processes and on Kubernetes."""
+order (casa_hub/spawner/mixin.py's module docstring), for local processes and on Kubernetes."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from casa_hub.auth import CasaOIDCAuthenticator
-from casa_hub.oidc import OIDCError
+from casa_hub.auth.authenticator import CasaOIDCAuthenticator
+from casa_hub.auth.oidc import OIDCError
 
 
 def authenticator(**settings) -> CasaOIDCAuthenticator:

@@ -3,7 +3,7 @@
 - notebook side: ``get_client()`` / ``get_cluster()`` attach to the cluster the hub created when the
   server started (``client.py``); ``FacilitySLURMCluster`` / ``FacilityHTCondorCluster`` keep the
   scheduler in the notebook (``jobqueue.py``);
-- hub side: pre-creation (``casa_hub.integrations.dask``), the hub's credential for it
+- hub side: pre-creation (``casa_hub.integrations.dask.integration``), the hub's credential for it
   (``credentials.py``), a small gateway API client (``gateway_api.py``), hub configuration and the
   embedded gateway (``hub_config.py``, ``embedded_gateway_config.py``);
 - Dask Gateway backends configured for the facility: ``local.py`` (embedded default), ``slurm.py``,

@@ -45,16 +45,16 @@ from dask_gateway_server.backends.jobqueue.base import JobQueueBackend, JobQueue
 from dask_gateway_server.traitlets import MemoryLimit, Type
 from traitlets import Dict, Enum, Instance, List, Unicode, default, validate
 
-from ..tokens.grants import check_username
-from ..tokens.issuer import IssuerError
-from . import htcondor_submit as hs
-from .worker_tokens import (
+from casa_hub.common.files import write_private
+from casa_hub.dask import htcondor_submit as hs
+from casa_hub.dask.worker_tokens import (
     STORAGE_TOKEN_FILE,
     GatewayTokenMinter,
     TokenLifetimeError,
     parse_walltime,
-    write_private,
 )
+from casa_hub.tokens.grants import check_username
+from casa_hub.tokens.issuer import IssuerError
 
 JOB_SCRIPT = "casa-dask-job.sh"
 ENV_FILE = "dask-gateway.env"

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import classad2
 import htcondor2
 
+from casa_hub.common.classad import classad_string as quoted_classad_string
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUBMIT_KEY = re.compile(r"(?:\+|MY\.)?[A-Za-z_][A-Za-z0-9_.]*")
 _PATH = re.compile(r"/[A-Za-z0-9._/+@=-]*")
 _IMAGE = re.compile(r"[A-Za-z0-9._/:@+=-]+")
-_CLASSAD_STRING = re.compile(r"[^\"\\\n\r]*")
 
 #: JobStatus values of jobs that are, or will be, running
 ALIVE_STATES = {1, 2, 6, 7}  # idle, running, transferring output, suspended
@@ -43,9 +44,10 @@ def check_expression(expr: str, setting: str) -> str:
 
 def classad_string(value: str, setting: str) -> str:
     """``value`` as a quoted ClassAd string literal."""
-    if not isinstance(value, str) or not _CLASSAD_STRING.fullmatch(value):
-        raise SubmitDescriptionError(f"{setting} {value!r} cannot be a ClassAd string (quote, backslash, newline)")
-    return f'"{value}"'
+    try:
+        return quoted_classad_string(value, setting)
+    except ValueError as e:
+        raise SubmitDescriptionError(str(e)) from None
 
 
 def check_path(path: str, setting: str) -> str:

@@ -49,8 +49,9 @@ from dask_jobqueue.htcondor import HTCondorCluster, HTCondorJob
 from dask_jobqueue.slurm import SLURMCluster, SLURMJob
 from distributed.security import Security
 
-from ..tokens.renewal_broker import hub_ssl_options, request_token
-from .worker_tokens import (
+from casa_hub.common.classad import classad_string
+from casa_hub.common.files import token_file_name, write_private
+from casa_hub.dask.worker_tokens import (
     DEFAULT_MARGIN,
     STORAGE_TOKEN_FILE,
     check_covers,
@@ -59,8 +60,8 @@ from .worker_tokens import (
     parse_walltime,
     slurm_time,
     token_expiry,
-    write_private,
 )
+from casa_hub.tokens.renewal.broker_client import hub_ssl_options, request_token
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _UNSET = object()
@@ -236,12 +237,6 @@ class FacilitySLURMCluster(_ClusterFilesMixin, SLURMCluster):
 TLS_FILES = {"ca_file": "casa-dask-ca.pem", "cert": "casa-dask-worker.pem", "key": "casa-dask-worker.key"}
 
 
-def _classad_string(value: str) -> str:
-    if any(c in value for c in '"\\\n'):
-        raise ValueError(f"{value!r} cannot be placed in a ClassAd string")
-    return f'"{value}"'
-
-
 class FacilityHTCondorJob(HTCondorJob):
     """A dask-jobqueue HTCondor job: site image, requirements, accounting group, own storage token,
     submitted and removed with the user's compute token."""
@@ -266,7 +261,7 @@ class FacilityHTCondorJob(HTCondorJob):
             # transferred into the sandbox, which is the job's working directory
             prologue.insert(0, f'export BEARER_TOKEN_FILE="$PWD/{self.casa_token.path.name}"')
         if image_kind == "singularity":
-            directives["MY.SingularityImage"] = _classad_string(image) if image else None
+            directives["MY.SingularityImage"] = classad_string(image, "image") if image else None
         elif image:
             directives.update({"universe": "container", "container_image": image})
         if inputs:
@@ -343,7 +338,7 @@ class FacilityHTCondorCluster(_ClusterFilesMixin, HTCondorCluster):
             token_source = BrokerTokenSource()
         compute = site_setting(kind, "compute-token-file", compute_token_file, "")
         if not compute and os.environ.get("CASA_TOKEN_DIR"):
-            compute = os.path.join(os.environ["CASA_TOKEN_DIR"], "htcondor.token")
+            compute = os.path.join(os.environ["CASA_TOKEN_DIR"], token_file_name("htcondor"))
         if site_setting(kind, "tls", tls, True) and kwargs.get("security") is None:
             kwargs["security"] = Security.temporary()
         # the workers' TLS files (written by _get_worker_security) travel with each job

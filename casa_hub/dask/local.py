@@ -10,7 +10,7 @@ It is dask-gateway-server's ``LocalBackend`` with casa_hub's defaults:
   behaviour: each cluster runs as the Unix user of the same name, which needs root and such users.
 
 Its siblings for batch systems are ``casa_hub.dask.slurm`` and ``casa_hub.dask.htcondor``. Select it
-in the gateway's configuration (``casa-hub demo`` does: ``casa_hub/dask/embedded_gateway_config.py``)::
+in the gateway's configuration (``casa-hub demo`` does: ``casa_hub/integrations/dask/embedded_gateway_config.py``)::
 
     c.DaskGateway.backend_class = "casa_hub.dask.local.FacilityLocalBackend"
     c.FacilityLocalBackend.clusters_directory = "/var/lib/dask-gateway/clusters"

@@ -41,8 +41,7 @@ from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend, SlurmClust
 from dask_gateway_server.traitlets import Type
 from traitlets import Instance, List, Unicode, default, validate
 
-from ..tokens.issuer import IssuerError
-from .worker_tokens import (
+from casa_hub.dask.worker_tokens import (
     STORAGE_TOKEN_FILE,
     GatewayTokenMinter,
     TokenLifetimeError,
@@ -51,6 +50,7 @@ from .worker_tokens import (
     parse_walltime,
     slurm_time,
 )
+from casa_hub.tokens.issuer import IssuerError
 
 
 class FacilitySlurmClusterConfig(SlurmClusterConfig):

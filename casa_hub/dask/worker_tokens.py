@@ -17,18 +17,15 @@ the grants the gateway may mint). Every mint writes the issuer's audit line.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import jwt
 from traitlets import Integer
 from traitlets.config import LoggingConfigurable
 
-from ..tokens.issuer import CasaTokenIssuer, IssuerError, MintedToken
+from casa_hub.tokens.issuer import CasaTokenIssuer, IssuerError, MintedToken
 
 #: name of a job's storage token file (in its staging directory or sandbox)
 STORAGE_TOKEN_FILE = "casa-storage.token"
@@ -99,21 +96,6 @@ def slurm_time(epoch: float) -> str:
 def latest_start(expires_at: float, walltime: int, margin: int = DEFAULT_MARGIN) -> int:
     """The last epoch second a job may start and still end (walltime) before its token expires."""
     return int(expires_at) - walltime - margin
-
-
-def write_private(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` with mode 0600, atomically (a reader never sees half a token)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class GatewayTokenMinter(LoggingConfigurable):

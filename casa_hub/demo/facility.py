@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from casa_hub.common.files import write_private
+from casa_hub.common.ports import free_port, port_is_free
 
 HERE = Path(__file__).resolve().parent
 PROVIDER_SCRIPT = HERE / "oidc_provider.mjs"
@@ -53,27 +55,9 @@ def find_node_modules(explicit: str | None = None) -> Path:
     )
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_secret(path: Path, value: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
+    write_private(path, value)
     return value
 
 

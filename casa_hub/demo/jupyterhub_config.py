@@ -35,7 +35,7 @@ c.CasaOIDCAuthenticator.allowed_groups = {"physicists"}
 c.CasaOIDCAuthenticator.admin_groups = {"facility-admins"}
 c.CasaOIDCAuthenticator.enable_auth_state = True  # key: JUPYTERHUB_CRYPT_KEY, kept in the state dir
 
-# --- the hub's pages: the facility's name, logo and support contact (casa_hub.facility_info)
+# --- the hub's pages: the facility's name, logo and support contact (casa_hub.pages.facility_info)
 c.CasaFacility.name = "casa_hub demo facility"
 c.CasaFacility.support_url = "mailto:facility-support@demo.invalid"
 c.JupyterHub.logo_file = str(Path(__file__).resolve().parent / "logo.svg")
@@ -88,7 +88,7 @@ if os.environ.get("CASA_DEMO_ADMIN_TOKEN"):
 
 # --- a Dask cluster per user: Dask Gateway (local backend) as a managed JupyterHub service, when
 # installed (the `dask` extra) and CASA_DEMO_DASK=1 (`casa-hub demo` sets it unless --no-dask)
-from casa_hub.dask.hub_config import add_embedded_gateway, gateway_available  # noqa: E402
+from casa_hub.integrations.dask.gateway_service import add_embedded_gateway, gateway_available  # noqa: E402
 
 if gateway_available() and os.environ.get("CASA_DEMO_DASK") == "1":
     add_embedded_gateway(c, state, hub_url)

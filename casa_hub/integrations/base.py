@@ -8,6 +8,8 @@ from typing import Any
 from traitlets import Bool
 from traitlets.config import LoggingConfigurable
 
+from casa_hub.common.files import token_file_name
+
 
 @dataclass
 class SpawnContext:
@@ -20,7 +22,7 @@ class SpawnContext:
     tokens: dict[str, str] = field(default_factory=dict, repr=False)  # grant -> token value
 
     def token_path(self, grant: str) -> str:
-        return f"{self.token_dir}/{grant}.token"
+        return f"{self.token_dir}/{token_file_name(grant)}"
 
 
 @dataclass
@@ -37,7 +39,28 @@ class IntegrationError(Exception):
 
 
 class Integration(LoggingConfigurable):
-    """One facility service. Subclass, set ``name``, and override ``grants`` and ``contribute``."""
+    """One facility service: what it needs in a user's notebook, and what it keeps outside it.
+
+    Subclass, set ``name`` (and ``title``), add the service's settings as traitlets with ``help=``,
+    and override, in the order the spawner calls them:
+
+    1. ``configuration_problem()`` -- why the settings cannot work (a sentence naming the setting),
+       or None. A misconfigured service is *skipped*: it asks for no grant and contributes nothing,
+       the reason is logged once as a warning, and the notebook starts with every other service.
+    2. ``service_grants()`` -- the issuer grants whose tokens the service needs.
+    3. ``required_grant()`` -- the grant without whose token the service is useless (``""``: none);
+       a user without it gets no settings for the service (an info line says why).
+    4. ``prepare(ctx)`` -- create or find what the server needs outside itself (e.g. a Dask cluster).
+    5. ``service_contribution(ctx)`` -- env vars (paths and endpoints, never token values) and
+       config files for the notebook.
+    6. ``describe()`` / ``status(username)`` -- what the "My facility" page shows.
+    7. ``get_state()`` / ``load_state(state)`` -- survive a hub restart while the server runs.
+    8. ``stopped()`` -- release what ``prepare`` created.
+
+    ``grants()`` and ``contribute(ctx)`` are what the spawner calls; they apply the checks above and
+    should not need overriding. The setting checks in ``casa_hub.integrations.checks``
+    (``url_problem``, ``path_problem``, ...) give uniform reasons.
+    """
 
     name = "integration"
     #: the service's name for people ("XCache", "Dask cluster"); default: ``name``
@@ -45,13 +68,60 @@ class Integration(LoggingConfigurable):
 
     enabled = Bool(True, config=True, help="Whether notebooks are configured for this service.")
 
-    def grants(self) -> list[str]:
+    _problem_checked = False
+    _problem: str | None = None
+
+    # ---- what a service overrides --------------------------------------------------------------
+
+    def configuration_problem(self) -> str | None:
+        """Why this service cannot be configured with the current settings, or None."""
+        return None
+
+    def required_grant(self) -> str:
+        """A grant whose token the user must have for this service to be configured; ``""``: none."""
+        return ""
+
+    def service_grants(self) -> list[str]:
         """Names of the issuer grants whose tokens this service needs."""
         return []
 
-    def contribute(self, ctx: SpawnContext) -> Contribution:
+    def service_contribution(self, ctx: SpawnContext) -> Contribution:
         """Env vars and files for the notebook. Never put a token value in ``env``."""
         return Contribution()
+
+    # ---- what the spawner calls -----------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Enabled and correctly configured; logs the reason (once) when it is not."""
+        if not self.enabled:
+            return False
+        if not self._problem_checked:
+            self._problem = self.configuration_problem()
+            self._problem_checked = True
+            if self._problem:
+                self.log.warning(
+                    "%s is enabled but not configured correctly, so notebooks get no %s settings: %s",
+                    type(self).__name__, self.name, self._problem,
+                )
+        return self._problem is None
+
+    def grants(self) -> list[str]:
+        """The grants to mint for this service: none when it is disabled or misconfigured."""
+        return self.service_grants() if self.usable else []
+
+    def contribute(self, ctx: SpawnContext) -> Contribution:
+        """The service's env vars and files, or nothing when it is unusable for this user."""
+        if not self.usable:
+            return Contribution()
+        grant = self.required_grant()
+        if grant and grant not in ctx.tokens:
+            self.log.info(
+                "%s: not configured for %s: no token for grant %r (not in CasaTokenIssuer.grants, "
+                "or not allowed for the user's groups)", self.name, ctx.username, grant,
+            )
+            return Contribution()
+        return self.service_contribution(ctx)
 
     # ---- lifecycle of things outside the server (e.g. the user's Dask cluster) -------------------
 
@@ -94,3 +164,7 @@ class Integration(LoggingConfigurable):
         "workers": 2, "dashboard": "https://..."}``. Raise IntegrationError with a reason the user
         may read when the service cannot be asked; the page then shows it as unavailable."""
         return None
+
+
+#: the former name of the base class (it and ``Integration`` were two contracts; now they are one)
+CheckedIntegration = Integration

@@ -1,4 +1,4 @@
-"""Setting checks shared by the integrations.
+"""Setting checks shared by the integrations (pure functions: a reason string, or None).
 
 A service whose settings are wrong (a required endpoint missing, a malformed URL, a value that
 would break the file it is written into) is *skipped*: it asks for no grant and contributes no
@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
-
-from .base import Contribution, Integration, SpawnContext
 
 #: names of configuration macros / environment variables we accept from site settings
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
@@ -76,60 +74,3 @@ def path_problem(setting: str, value: str) -> str | None:
     if not value.startswith("/"):
         return f"{setting} {value!r} must be an absolute path"
     return line_problem(setting, value)
-
-
-class CheckedIntegration(Integration):
-    """An integration that checks its settings before it contributes anything.
-
-    Subclasses implement ``configuration_problem`` (the reason the service cannot be configured,
-    or None), ``service_grants`` and ``service_contribution``; ``grants`` and ``contribute`` then
-    skip a disabled or misconfigured service. ``required_grant`` names the grant without whose
-    token the service is useless (``""``: none).
-    """
-
-    _problem_checked = False
-    _problem: str | None = None
-
-    def configuration_problem(self) -> str | None:
-        """Why this service cannot be configured with the current settings, or None."""
-        return None
-
-    def required_grant(self) -> str:
-        """A grant whose token the user must have for this service to be configured; ``""``: none."""
-        return ""
-
-    def service_grants(self) -> list[str]:
-        return []
-
-    def service_contribution(self, ctx: SpawnContext) -> Contribution:
-        return Contribution()
-
-    @property
-    def usable(self) -> bool:
-        """Enabled and correctly configured; logs the reason (once) when it is not."""
-        if not self.enabled:
-            return False
-        if not self._problem_checked:
-            self._problem = self.configuration_problem()
-            self._problem_checked = True
-            if self._problem:
-                self.log.warning(
-                    "%s is enabled but not configured correctly, so notebooks get no %s settings: %s",
-                    type(self).__name__, self.name, self._problem,
-                )
-        return self._problem is None
-
-    def grants(self) -> list[str]:
-        return self.service_grants() if self.usable else []
-
-    def contribute(self, ctx: SpawnContext) -> Contribution:
-        if not self.usable:
-            return Contribution()
-        grant = self.required_grant()
-        if grant and grant not in ctx.tokens:
-            self.log.info(
-                "%s: not configured for %s: no token for grant %r (not in CasaTokenIssuer.grants, "
-                "or not allowed for the user's groups)", self.name, ctx.username, grant,
-            )
-            return Contribution()
-        return self.service_contribution(ctx)

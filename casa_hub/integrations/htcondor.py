@@ -15,8 +15,8 @@ from typing import Any
 
 from traitlets import Dict, List, Unicode
 
-from .base import Contribution, SpawnContext
-from .checks import CheckedIntegration, host_problem, line_problem, name_problem, path_problem
+from casa_hub.integrations.base import Contribution, Integration, SpawnContext
+from casa_hub.integrations.checks import host_problem, line_problem, name_problem, path_problem
 
 CONFIG_FILE = "condor_config"
 _METHOD = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
@@ -35,7 +35,7 @@ def _value_problem(setting: str, value: str) -> str | None:
     return line_problem(setting, value)
 
 
-class HTCondorIntegration(CheckedIntegration):
+class HTCondorIntegration(Integration):
     """A client ``condor_config`` for the facility's HTCondor pool and the user's compute token."""
 
     name = "htcondor"

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 from traitlets import Dict, Unicode
 
-from .base import Contribution, SpawnContext
-from .checks import CheckedIntegration, name_problem, path_problem, template_problem, url_problem
+from casa_hub.integrations.base import Contribution, Integration, SpawnContext
+from casa_hub.integrations.checks import name_problem, path_problem, template_problem, url_problem
 
 CONFIG_FILE = "triton.json"
 ENV_CONFIG = "CASA_TRITON_CONFIG"
@@ -30,7 +30,7 @@ ENDPOINT_SCHEMES = ("grpc", "grpcs", "http", "https")
 REPOSITORY_SCHEMES = ("s3", "gs", "as", "root", "roots", "https", "davs", "http")
 
 
-class TritonIntegration(CheckedIntegration):
+class TritonIntegration(Integration):
     """Inference endpoints and model repository access for NVIDIA Triton."""
 
     name = "triton"

@@ -6,15 +6,15 @@ import re
 
 from traitlets import Dict, Unicode
 
-from .base import Contribution, SpawnContext
-from .checks import CheckedIntegration, line_problem, name_problem, path_problem, url_problem
+from casa_hub.integrations.base import Contribution, Integration, SpawnContext
+from casa_hub.integrations.checks import line_problem, name_problem, path_problem, url_problem
 
 CACHE_SCHEMES = ("root", "roots", "xroot", "xroots", "https", "davs", "http")
 #: XRootD client settings a site may export: XrdCl's ``XRD_*`` and the security layer's ``XrdSec*``
 _CLIENT_SETTING = re.compile(r"XRD_[A-Z0-9_]{1,64}|XrdSec[A-Za-z0-9_]{1,64}")
 
 
-class XCacheIntegration(CheckedIntegration):
+class XCacheIntegration(Integration):
     """XRootD client settings for reading through the facility's XCache.
 
     WLCG bearer-token discovery (``BEARER_TOKEN_FILE``) points at the user's storage token, which

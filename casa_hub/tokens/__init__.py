@@ -1,7 +1,7 @@
 """Facility tokens: keys, grants, the issuer, its publication and storage in auth_state."""
 
-from .grants import Grant, GrantConfigError, UnsafeUsername, check_username
-from .issuer import CasaTokenIssuer, IssuerError, MintedToken
+from casa_hub.tokens.grants import Grant, GrantConfigError, UnsafeUsername, check_username
+from casa_hub.tokens.issuer import CasaTokenIssuer, IssuerError, MintedToken
 
 __all__ = [
     "CasaTokenIssuer",

@@ -20,9 +20,9 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.user import User
 from tornado import web
 
-from .grants import UnsafeUsername
-from .issuer import CasaTokenIssuer
-from .store import auth_state_lock, login_required, store_minted
+from casa_hub.tokens.grants import UnsafeUsername
+from casa_hub.tokens.issuer import CasaTokenIssuer
+from casa_hub.tokens.store import auth_state_lock, login_required, store_minted
 
 RENEW_SCOPE = "custom:casa-tokens:renew"
 

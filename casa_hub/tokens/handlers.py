@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado import web
 
-from .issuer import CasaTokenIssuer
+from casa_hub.tokens.issuer import CasaTokenIssuer
 
 ISSUER_PATH = "/casa-issuer"
 CACHE_SECONDS = 300

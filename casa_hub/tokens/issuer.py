@@ -18,10 +18,19 @@ import jwt
 from traitlets import Dict, Enum, Float, Integer, List, Unicode, default, observe, validate
 from traitlets.config import SingletonConfigurable
 
-from ..metrics import count_mint
-from .grants import MAX_LIFETIME, Grant, GrantConfigError, check_username, parse_grants
-from .keyring import KeyRing, fingerprint, load_keyring
-from .keys import SUPPORTED_ALGORITHMS, KeyError_, SigningKey, write_new_key
+from casa_hub.metrics import count_mint
+from casa_hub.tokens.grants import (
+    MAX_LIFETIME,
+    Grant,
+    GrantConfigError,
+    check_username,
+    parse_grants,
+)
+from casa_hub.tokens.keyring import KeyRing, fingerprint, load_keyring
+from casa_hub.tokens.keys import SUPPORTED_ALGORITHMS, KeyError_, SigningKey, write_new_key
+
+#: claims set afresh at every mint (``explain`` shows them by name, never by value)
+PER_MINT_CLAIMS = ("iat", "nbf", "exp", "jti")
 
 
 class IssuerError(RuntimeError):

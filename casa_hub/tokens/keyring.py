@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .keys import KeyError_, SigningKey, load_key_dir, write_new_key
+from casa_hub.common.files import write_private
+from casa_hub.tokens.keys import KeyError_, SigningKey, load_key_dir, write_new_key
 
 MANIFEST = "keyring.json"
 #: how long a next key must have been published before ``promote`` lets it sign: longer than
@@ -77,16 +77,7 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Replace the manifest atomically (readers see the old or the new one, never half)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".keyring-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def load_keyring(directory: str | os.PathLike[str], max_lifetime: int, now: float | None = None) -> KeyRing:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .issuer import CasaTokenIssuer, MintedToken
+from casa_hub.tokens.issuer import CasaTokenIssuer, MintedToken
 
 AUTH_STATE_KEY = "casa_tokens"
 #: the authenticator's bookkeeping in auth_state (no secrets): access token expiry, refresh state

@@ -1,0 +1,82 @@
+"""Logout: end the hub session, revoke the provider's refresh token, end the provider session.
+
+``CasaLogoutHandler`` replaces oauthenticator's logout handler. Before the hub clears its cookie it
+revokes the user's refresh token at the provider's ``revocation_endpoint`` (RFC 7009) and forgets
+the provider's tokens; afterwards it sends the browser to the provider's ``end_session_endpoint``
+(OIDC RP-initiated logout) with ``client_id`` and ``post_logout_redirect_uri`` only: the ID token
+is not put in a URL, where it would end up in logs and browser history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from oauthenticator.oauth2 import OAuthLogoutHandler
+
+from casa_hub.auth.contract import OIDCAuthenticatorLike
+from casa_hub.auth.refresh import PROVIDER_TOKEN_KEYS
+from casa_hub.tokens.store import META_KEY, auth_state_lock
+
+
+class CasaLogoutHandler(OAuthLogoutHandler):
+    """Ends the hub session, revokes the provider's refresh token, then ends the provider session."""
+
+    async def default_handle_logout(self) -> None:
+        user = self.current_user
+        if user is not None and hasattr(user, "get_auth_state"):
+            await self.authenticator.end_provider_tokens(user)
+        await super().default_handle_logout()
+
+    async def render_logout_page(self) -> None:
+        url = self.authenticator.provider_logout_url()
+        if url:
+            self.redirect(url)
+            return
+        await super().render_logout_page()
+
+
+async def end_provider_tokens(auth: OIDCAuthenticatorLike, user: Any) -> None:
+    """Revoke the refresh token at the provider (best effort) and forget the provider's tokens."""
+    if not (auth.revoke_at_logout and auth.enable_auth_state):
+        return
+    async with auth_state_lock(user.name):
+        state = await user.get_auth_state()
+        if not state:
+            return
+        refresh_token = state.get("refresh_token")
+        endpoint = auth._provider.revocation_endpoint if auth._provider else ""
+        if refresh_token and endpoint:
+            params = {"token": refresh_token, "token_type_hint": "refresh_token"}
+            if not auth.basic_auth:
+                params.update(client_id=auth.client_id, client_secret=auth.client_secret)
+            try:
+                await auth.httpfetch(
+                    endpoint, method="POST", headers=auth.build_token_info_request_headers(),
+                    body=urlencode(params).encode("utf-8"), parse_json=False,
+                    validate_cert=auth.validate_server_cert,
+                )
+            except Exception as e:  # the session ends either way
+                auth.log.warning("Could not revoke %s's refresh token at the provider (%s)",
+                                 user.name, getattr(e, "code", type(e).__name__))
+        for key in PROVIDER_TOKEN_KEYS:
+            state.pop(key, None)
+        state.setdefault(META_KEY, {})["login_required"] = True
+        await user.save_auth_state(state)
+    auth.log.info("%s signed out; the provider's tokens are revoked and forgotten", user.name)
+
+
+def provider_logout_url(auth: OIDCAuthenticatorLike) -> str | None:
+    """The provider's end-session URL for RP-initiated logout, or None."""
+    if auth.logout_redirect_url:
+        return auth.logout_redirect_url
+    endpoint = auth._provider.end_session_endpoint if auth._provider else ""
+    if not (auth.logout_from_provider and endpoint):
+        return None
+    params = {"client_id": auth.client_id}
+    redirect = auth.post_logout_redirect_url
+    if not redirect and auth.oauth_callback_url:
+        redirect = auth.oauth_callback_url.rsplit("/", 1)[0] + "/login"
+    if redirect:
+        params["post_logout_redirect_uri"] = redirect
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
