@@ -65,12 +65,14 @@ cluster.shutdown()
 @contextmanager
 def local_backend(ctx: Context) -> Iterator[Any]:
     """The demo facility with its embedded Dask Gateway (local backend)."""
+    from benchmarks.common import ADMIN_OVERLAY
     from casa_hub.demo.facility import DemoFacility, free_port
 
     with tempfile.TemporaryDirectory(prefix="casa-bench-dask-") as tmp:
         fac = DemoFacility(
             Path(tmp) / "facility", hub_port=free_port(), idp_port=free_port(),
-            extra_env={"CASA_DEMO_ADMIN_TOKEN": ctx.admin_token, "CASA_DEMO_DASK": "1"},
+            extra_env={"CASA_TEST_ADMIN_TOKEN": ctx.admin_token}, dask=True,
+            extra_hub_config=[ADMIN_OVERLAY],
             progress=lambda msg: ctx.log(f"  facility (dask): {msg}"),
         )
         with fac:
@@ -86,7 +88,7 @@ VARIANTS: dict[str, Callable[[Context], AbstractContextManager[Any]]] = {"local"
 
 
 def _helpers() -> Any:
-    tests_dir = str(ROOT / "tests")
+    tests_dir = str(ROOT / "tests" / "support")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
     import helpers

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the test overlay giving the benchmarks an admin API service (CASA_TEST_ADMIN_TOKEN)
+ADMIN_OVERLAY = ROOT / "tests" / "support" / "admin_service_config.py"
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,11 @@ class Context:
                 Path(self._tmp.name) / "facility",
                 hub_port=free_port(),
                 idp_port=free_port(),
-                extra_env={"CASA_DEMO_ADMIN_TOKEN": self.admin_token,
-                           # the broker's per-user limit would otherwise cap the measurement
-                           "CASA_DEMO_BROKER_RATE": "6000000"},
-                extra_hub_config=[ROOT / "benchmarks" / "hub_configs" / "shared.py"],
+                extra_env={"CASA_TEST_ADMIN_TOKEN": self.admin_token},
+                # the broker's per-user limit would otherwise cap the measurement
+                site_overrides={"tokens": {"broker_rate_per_minute": 6000000}},
+                extra_hub_config=[ADMIN_OVERLAY,
+                                  ROOT / "benchmarks" / "hub_configs" / "shared.py"],
                 progress=lambda msg: self.log(f"  facility: {msg}"),
             )
             self._facility = fac
@@ -103,7 +106,7 @@ class Context:
 
 def http_login(hub_url: str, username: str, password: str) -> Any:
     """Sign in through the demo provider's form (the tests' helper), returning the response."""
-    tests_dir = str(ROOT / "tests")
+    tests_dir = str(ROOT / "tests" / "support")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
     from helpers import http_login as login

@@ -74,12 +74,13 @@ def make_users(prefix: str, count: int, start: int = 0) -> list[dict[str, Any]]:
 @contextmanager
 def bench_hub(ctx: Context, variant: str, users: list[dict[str, Any]], state_dir: Path) -> Iterator[Any]:
     """A running facility of ``variant`` whose provider knows ``users`` (kept in memory)."""
+    from benchmarks.common import ADMIN_OVERLAY
     from casa_hub.demo.facility import DemoFacility, free_port
 
     fac = DemoFacility(
         state_dir, hub_port=free_port(), idp_port=free_port(),
-        extra_env={"CASA_DEMO_ADMIN_TOKEN": ctx.admin_token},
-        extra_hub_config=[VARIANTS[variant]],
+        extra_env={"CASA_TEST_ADMIN_TOKEN": ctx.admin_token},
+        extra_hub_config=[ADMIN_OVERLAY, VARIANTS[variant]],
         idp_overrides={"users": users, "storage_file": None},
         progress=lambda msg: ctx.log(f"  {variant} facility: {msg}"),
     )
@@ -88,7 +89,7 @@ def bench_hub(ctx: Context, variant: str, users: list[dict[str, Any]], state_dir
 
 
 def _helpers() -> Any:
-    tests_dir = str(ROOT / "tests")
+    tests_dir = str(ROOT / "tests" / "support")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
     import helpers

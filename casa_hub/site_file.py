@@ -7,7 +7,8 @@ The settings are read from, first found:
 
 Each section names one casa_hub class, and its keys are that class's settings (the names in the
 README's settings tables), so ``tokens: {issuer_url: ...}`` is ``c.CasaTokenIssuer.issuer_url``. A
-value ``{"env": "NAME"}`` is read from the environment variable ``NAME`` (for secrets). Every value is
+value ``{"env": "NAME"}`` is read from the environment variable ``NAME``, and ``{"file": "/abs/path"}``
+from a file (for secrets, e.g. a mounted Kubernetes Secret). Every value is
 checked by the class itself while the hub loads its configuration: an unknown key or a bad value
 stops the hub with a message naming it, e.g. ``casa.tokens.grants: ...``.
 """
@@ -91,6 +92,8 @@ def _checked_mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _resolve_env(value: Any, where: str) -> Any:
+    """Replace ``{"env": NAME}`` by the environment variable's value and ``{"file": PATH}`` by the
+    file's content (a mounted Secret, say; one trailing newline is dropped), recursively."""
     if isinstance(value, dict) and set(value) == {"env"}:
         name = value["env"]
         if not isinstance(name, str) or not name:
@@ -98,6 +101,15 @@ def _resolve_env(value: Any, where: str) -> Any:
         if name not in os.environ:
             raise SiteSettingsError(f"{where} is read from the environment variable {name}, which is not set")
         return os.environ[name]
+    if isinstance(value, dict) and set(value) == {"file"}:
+        path = value["file"]
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise SiteSettingsError(f"{where}: {{file: PATH}} needs an absolute path")
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise SiteSettingsError(f"{where} is read from the file {path}, which cannot be read ({e.strerror})") from None
+        return text[:-1] if text.endswith("\n") else text
     if isinstance(value, dict):
         return {k: _resolve_env(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
@@ -161,6 +173,14 @@ def apply(c: Any, part: str, settings: dict[str, Any] | None = None) -> None:
             apply_section(c, section or {}, cls, f"casa.integrations.{name}")
             classes.append(cls)
         c.CasaSpawnerMixin.integration_classes = classes
+        if "dask" in integrations:  # the one place that gives users and servers the gateway's scope
+            from casa_hub.integrations.dask.gateway_service import (
+                SERVICE_NAME,
+                enable_gateway_access,
+            )
+
+            dask = integrations["dask"] or {}
+            enable_gateway_access(c, dask.get("service_name", SERVICE_NAME), list(dask.get("access_groups", [])))
     elif part == "metrics":
         public = settings.get("metrics_public", False)
         if not isinstance(public, bool):

@@ -1,4 +1,10 @@
-"""Fixtures: real services started once per test session and stopped cleanly."""
+"""Fixtures: real services started once per test session and stopped cleanly.
+
+The suite is laid out by layer: ``unit/`` (no process of ours), ``hub/`` (in-process hubs and spawners
+against stand-ins), ``deploy/`` (Helm values, images), ``e2e/`` (real provider, hub, proxy, notebooks),
+``site/`` (real XRootD and Slurm), ``browser/`` (headless Chromium); ``support/`` holds the fixtures
+and the one facility factory (``support/facilities.py``). Layers run in that order.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,19 @@ import os
 import secrets
 from pathlib import Path
 
+import facilities
 import pytest
+from facilities import TestFacility, make_facility
 from leak_scan import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - fails the run on a token leak
 from slurm_fixture import slurm_site  # noqa: F401 - real Slurm in the XRootD site's namespace
 from xrootd_fixture import xrootd_facility, xrootd_site  # noqa: F401 - real XRootD origin + XCache
 
-from casa_hub.demo.facility import DemoFacility, free_port
-
 ARTIFACTS = Path(os.environ.get("CASA_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+
+def pytest_configure(config):
+    # the facility factory's own hook prints the number of facility start-ups at the end of the run
+    config.pluginmanager.register(facilities, "casa-facilities")
 
 
 @pytest.fixture(scope="session")
@@ -28,20 +39,20 @@ def admin_token() -> str:
 
 
 @pytest.fixture(scope="session")
-def facility(tmp_path_factory, admin_token) -> DemoFacility:
+def facility(tmp_path_factory, admin_token) -> TestFacility:
     """The demo facility (OIDC provider, hub, proxy, issuer, local spawner) on free ports."""
-    fac = DemoFacility(
-        tmp_path_factory.mktemp("facility"),
-        hub_port=free_port(),
-        idp_port=free_port(),
-        extra_env={"CASA_DEMO_ADMIN_TOKEN": admin_token},
-        progress=lambda msg: print(f"facility: {msg}"),
-    )
+    fac = make_facility(tmp_path_factory.mktemp("facility") / "facility", admin_token, name="session")
     with fac:
         yield fac
 
 
+LAYERS = ["unit", "hub", "deploy", "e2e", "site", "browser"]
+
+
 def pytest_collection_modifyitems(config, items):
-    # run unit tests first, browser tests last: failures show up early
-    order = {"browser": 2, "e2e": 1}
-    items.sort(key=lambda it: max((order.get(m.name, 0) for m in it.iter_markers()), default=0))
+    # fast layers first, browser tests last: failures show up early
+    def layer(item) -> int:
+        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+        return LAYERS.index(parts[0]) if parts[0] in LAYERS else len(LAYERS)
+
+    items.sort(key=layer)

@@ -39,11 +39,11 @@ c.GenericOAuthenticator.enable_auth_state = True
 # JupyterHub's default user role and server token (the server role's scopes), and the admin service.
 c.JupyterHub.custom_scopes = {}
 c.JupyterHub.load_roles = [{
-    "name": "casa-demo-admin",
+    "name": "casa-test-admin",
     "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state", "list:users", "read:metrics",
                "tokens"],
-    "services": ["casa-demo-admin"],
-}] if os.environ.get("CASA_DEMO_ADMIN_TOKEN") else []
+    "services": ["casa-test-admin"],
+}] if os.environ.get("CASA_TEST_ADMIN_TOKEN") else []
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server"]
 
 c.JupyterHub.spawner_class = "benchmarks.fast_spawner.FastSpawner"

@@ -11,5 +11,5 @@ from benchmarks.hub_gc import install_gc_log  # noqa: E402
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
-c.JupyterHub.load_roles.append({"name": "bench-admin-groups", "scopes": ["admin:groups"], "services": ["casa-demo-admin"]})
+c.JupyterHub.load_roles.append({"name": "bench-admin-groups", "scopes": ["admin:groups"], "services": ["casa-test-admin"]})
 install_gc_log()

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.state_dir), hub_port=args.port, idp_port=args.idp_port,
             node_modules=args.node_modules, progress=say,
             # a Dask cluster per user (Dask Gateway as a hub service) when dask-gateway-server is installed
-            extra_env={"CASA_DEMO_DASK": "0" if args.no_dask else "1"},
+            dask=not args.no_dask,
         )
     except DemoError as e:
         print(f"casa-hub demo: error: {e}", file=sys.stderr)

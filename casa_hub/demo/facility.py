@@ -2,7 +2,12 @@
 
 ``DemoFacility`` prepares a state directory (kept between runs: keys, secrets, users, database),
 starts the provider and the hub as child processes, waits until both answer, and stops everything
-it started. ``casa-hub demo`` and the test fixtures both use it.
+it started. ``casa-hub demo`` and the test facilities both use it.
+
+The hub is configured the way an admin configures one: the shipped drop-ins in
+``jupyterhub_config.d/`` read a site file (``<state>/site.json``, written from :meth:`site_settings`
+and ``site_overrides``), then ``loopback.py`` adds what only a one-machine hub needs (ports, the
+state directory, the local Dask Gateway), then any ``extra_hub_config`` files.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from casa_hub.common.ports import free_port, port_is_free
 HERE = Path(__file__).resolve().parent
 PROVIDER_SCRIPT = HERE / "oidc_provider.mjs"
 HUB_CONFIG = HERE / "jupyterhub_config.py"
+#: the drop-ins admins install, in a checkout of casa_hub
+DROPINS_DIR = HERE.parent.parent / "jupyterhub_config.d"
+LOGO = HERE / "logo.svg"
 
 DEFAULT_USERS = [
     {"username": "alice", "name": "Alice Physicist", "groups": ["physicists"]},
@@ -96,6 +104,12 @@ class DemoFacility:
     idp_overrides: dict[str, Any] = field(default_factory=dict)
     #: the facility issuer URL (``iss``); defaults to ``<hub_url>/hub/casa-issuer``
     issuer_url_override: str | None = None
+    #: sections merged (one level deep) into the site file, e.g. ``{"tokens": {"broker_rate_per_minute": 100}}``
+    site_overrides: dict[str, Any] = field(default_factory=dict)
+    #: run Dask Gateway (local backend) as a hub service with a cluster per user
+    dask: bool = False
+    #: the drop-in directory (default: ``jupyterhub_config.d/`` of this checkout)
+    dropins_dir: Path | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: processes a stopped hub left running (servers with ``cleanup_servers = False``); ``stop`` ends them
     orphans: list[psutil.Process] = field(default_factory=list)
@@ -103,6 +117,10 @@ class DemoFacility:
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
         self.node_modules = find_node_modules(str(self.node_modules) if self.node_modules else None)
+        self.dropins_dir = Path(self.dropins_dir or DROPINS_DIR).resolve()
+        if not sorted(self.dropins_dir.glob("*.py")):
+            raise DemoError(f"no drop-in files in {self.dropins_dir}; run the demo from a casa_hub checkout "
+                            "(the drop-ins are jupyterhub_config.d/ at its top level)")
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -121,6 +139,52 @@ class DemoFacility:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    def site_settings(self) -> dict[str, Any]:
+        """The demo's site file: the same sections an admin writes (README, "Settings"), with
+        ``site_overrides`` merged into each section."""
+        secrets_dir = self.state_dir / "secrets"
+        site: dict[str, Any] = {
+            "auth": {
+                "oidc_issuer": self.idp_url,
+                "client_id": "casa-hub",
+                "client_secret": {"file": str(secrets_dir / "oidc_client_secret")},
+                "oauth_callback_url": f"{self.hub_url}/hub/oauth_callback",
+                "login_service": "the casa_hub demo identity provider",
+                "allowed_groups": ["physicists"],
+                "admin_groups": ["facility-admins"],
+                "enable_auth_state": True,  # key: JUPYTERHUB_CRYPT_KEY, kept in the state dir
+            },
+            "facility": {"name": "casa_hub demo facility", "support_url": "mailto:facility-support@demo.invalid"},
+            "tokens": {
+                "issuer_url": self.issuer_url,
+                "key_dir": str(self.state_dir / "issuer-keys"),
+                "generate_key_if_missing": "ES256",
+                "grants": {
+                    "xcache": {"audience": "casa-demo-xcache", "scopes": ["storage.read:/user/{username}"],
+                               "lifetime": 20 * 60, "groups": ["physicists"]},
+                    "htcondor": {"audience": "casa-demo-htcondor",
+                                 "scopes": ["compute.read", "compute.create", "compute.modify", "compute.cancel"],
+                                 "groups": ["physicists"]},
+                    # facility admins may read the whole cache namespace
+                    "operations": {"audience": "casa-demo-xcache", "scopes": ["storage.read:/"],
+                                   "lifetime": 10 * 60, "groups": ["facility-admins"]},
+                },
+                "broker_rate_per_minute": 30,
+            },
+            "spawner_kind": "local",
+        }
+        for key, value in self.site_overrides.items():
+            if isinstance(value, dict) and isinstance(site.get(key), dict):
+                site[key] = {**site[key], **value}
+            else:
+                site[key] = value
+        return site
+
+    def config_env(self) -> dict[str, str]:
+        """The environment that loading the demo's hub config file needs (``casa-hub check``,
+        ``casa-hub site-config``, ``casa-hub explain`` on it): the state directory and the site file."""
+        return {"CASA_DEMO_STATE": str(self.state_dir), "CASA_SITE_CONFIG": str(self.state_dir / "site.json")}
 
     def users(self) -> list[dict[str, Any]]:
         return json.loads((self.state_dir / "idp" / "users.json").read_text())
@@ -171,8 +235,11 @@ class DemoFacility:
             "issuer_url": self.issuer_url,
             "node_modules": str(self.node_modules),
             "extra_hub_config": [str(Path(f).resolve()) for f in self.extra_hub_config],
+            "dropins_dir": str(self.dropins_dir),
+            "dask": self.dask,
         }
         (self.state_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+        (self.state_dir / "site.json").write_text(json.dumps(self.site_settings(), indent=2))
         self.log_dir.mkdir(exist_ok=True)
 
     # ---- processes ------------------------------------------------------------------------------
@@ -232,7 +299,7 @@ class DemoFacility:
         base_env = self._base_env()
         hub_env = dict(
             base_env,
-            CASA_DEMO_STATE=str(self.state_dir),
+            **self.config_env(),
             JUPYTERHUB_CRYPT_KEY=(self.state_dir / "secrets" / "crypt_key").read_text(),
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{base_env.get('PATH', '')}",
             **self.extra_env,

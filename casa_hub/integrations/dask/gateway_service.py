@@ -1,14 +1,16 @@
 """Hub configuration for Dask Gateway: access for users, and the embedded gateway of the demo.
 
-In ``jupyterhub_config.py`` (after ``enable_broker(c)``, which rewrites the ``user`` role)::
+The one way to give access is the site file: an ``integrations.dask`` section makes the
+integrations drop-in call ``enable_gateway_access`` with the section's ``service_name`` and
+``access_groups`` (after the tokens drop-in, whose ``enable_broker`` rewrites the ``user`` role)::
 
-    from casa_hub.integrations.dask.gateway_service import enable_gateway_access
-    enable_gateway_access(c)                  # production: the gateway is deployed separately
-    c.CasaSpawnerMixin.integration_classes.append("casa_hub.integrations.dask.integration.DaskIntegration")
-    c.DaskIntegration.gateway_url = "https://hub.example.org/services/dask-gateway"
+    integrations:
+      dask:
+        gateway_url: https://hub.example.org/services/dask-gateway
+        access_groups: [physicists]
 
-``add_embedded_gateway`` does all of that and also runs a gateway with the local backend as a
-managed JupyterHub service, on free ports of 127.0.0.1 (``casa-hub demo``, tests, benchmarks).
+``add_embedded_gateway`` also runs a gateway with the local backend as a managed JupyterHub
+service, on free ports of 127.0.0.1 (``casa-hub demo``, tests, benchmarks), and configures it the same way.
 """
 
 from __future__ import annotations
@@ -35,22 +37,35 @@ def gateway_available() -> bool:
     return importlib.util.find_spec("dask_gateway_server") is not None
 
 
-def enable_gateway_access(c: Any, service_name: str = SERVICE_NAME) -> None:
-    """Let users, and their servers' ``JUPYTERHUB_API_TOKEN``, use the gateway service.
+#: the role that gives ``access_groups`` the gateway's scope
+ACCESS_ROLE = "casa-dask-gateway"
 
-    Adds ``access:services!service=<service_name>`` to the ``user`` role and to
-    ``Spawner.server_token_scopes``: the one scope the gateway's JupyterHubAuthenticator checks
-    (besides identifying the token's owner, which every token may do). The hub's own short-lived
-    token for a user's cluster (``casa_hub.integrations.dask.credentials``) can only hold it if the user does.
+
+def enable_gateway_access(c: Any, service_name: str = SERVICE_NAME, groups: list[str] | None = None) -> None:
+    """Let users (all, or the members of ``groups``), and their servers' ``JUPYTERHUB_API_TOKEN``,
+    use the gateway service.
+
+    Adds ``access:services!service=<service_name>`` to the ``user`` role (or to the role
+    ``casa-dask-gateway`` held by ``groups``) and to ``Spawner.server_token_scopes``: the one scope
+    the gateway's JupyterHubAuthenticator checks (besides identifying the token's owner, which every
+    token may do). JupyterHub gives a server's token only the scopes its owner holds, and the hub's
+    own short-lived token for a user's cluster (``casa_hub.integrations.dask.credentials``) can only
+    hold it if the user does.
     """
     scope = gateway_scope(service_name)
     hub = c.JupyterHub
     roles = [dict(r) for r in hub.load_roles] if "load_roles" in hub else []
-    user_role = next((r for r in roles if r.get("name") == "user"), None)
-    if user_role is None:
-        roles.append({"name": "user", "scopes": ["self", scope]})
-    elif scope not in user_role.get("scopes", []):
-        user_role["scopes"] = [*user_role.get("scopes", []), scope]
+    name = ACCESS_ROLE if groups else "user"
+    role = next((r for r in roles if r.get("name") == name), None)
+    if role is None:
+        role = {"name": name, "scopes": ["self"] if name == "user" else []}
+        if groups:
+            role["description"] = "Create and use Dask clusters in the facility's Dask Gateway."
+        roles.append(role)
+    if scope not in role.get("scopes", []):
+        role["scopes"] = [*role.get("scopes", []), scope]
+    if groups:
+        role["groups"] = sorted({*role.get("groups", []), *groups})
     hub.load_roles = roles
 
     spawner = c.Spawner

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from traitlets import Bool, Callable, Dict, Float, Integer, Unicode, Union
+from traitlets import Bool, Callable, Dict, Float, Integer, List, Unicode, Union
 
 from casa_hub import metrics
 from casa_hub.integrations.base import Contribution, Integration, IntegrationError, SpawnContext
@@ -49,8 +49,16 @@ class DaskIntegration(Integration):
         "dask-gateway",
         config=True,
         help="""The gateway's JupyterHub service name. The gateway admits tokens holding
-        ``access:services!service=<this>``; give that scope to users and servers with
-        ``casa_hub.integrations.dask.gateway_service.enable_gateway_access(c)``.""",
+        ``access:services!service=<this>``; the drop-ins give that scope to the users in
+        ``access_groups`` and to their servers' tokens.""",
+    )
+
+    access_groups = List(
+        Unicode(),
+        config=True,
+        help="""Groups whose members may create and use Dask clusters in the gateway: the drop-ins
+        give them the role ``casa-dask-gateway`` (``access:services!service=<service_name>``).
+        Empty (the default): every user, through the ``user`` role.""",
     )
 
     gateway_url = Unicode(

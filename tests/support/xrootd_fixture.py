@@ -1,0 +1,475 @@
+"""A real XRootD origin and XCache that verify facility tokens themselves, for the end-to-end tests.
+
+``xrootd_facility`` is a second demo facility whose issuer URL is ``https://localhost/hub/casa-issuer``
+(XRootD trusts https issuers only). ``xrootd_site`` then starts, inside a loopback-only network
+namespace (xrootd binds every interface):
+
+- a TLS forwarder on ``localhost:443`` (certificate from a test CA) that reaches the hub, which runs in
+  the root namespace, through a unix socket bridge: the SciTokens plugin fetches the hub's REAL
+  discovery document and JWKS over https;
+- an XRootD origin exporting ``/store`` (``/store/user/alice/…``, ``/store/user/bob/…``), and an XCache in
+  front of it (root:// and https). Both load a ``scitokens.cfg`` printed by
+  ``casa-hub site-config xrootd`` from the hub's own config file.
+
+The plugin (scitokens-cpp 0.7) trusts only the system CA bundle and has no CA-file setting. Each xrootd
+therefore runs in a private mount namespace in which the test CA is bind-mounted over
+``/etc/ssl/certs/ca-certificates.crt``; the machine's trust store is never modified.
+
+Refreshing the keys XRootD sees (e.g. after a key rotation in the hub's key directory): scitokens-cpp
+keeps each server's copy of the JWKS in an sqlite cache (``$XDG_CACHE_HOME/scitokens``) and refetches
+it only 10 minutes later, even for an unknown ``kid``. ``XRootDSite.refresh_issuer_keys()`` drops the
+cached entry, so the next token XRootD has not seen makes each server fetch the hub's current
+discovery and JWKS again over https; a token validated in the last 60 s is answered from the plugin's
+own cache, so use a fresh one. ``XRootDSite.cached_jwks()`` shows what each server holds. A token
+signed by a key the hub no longer publishes is then refused with "Key ID is not published by the
+issuer" (xrdcp exit code 52, https 403).
+
+xrootd refuses to run as root: the servers run as the system user ``casa-xrootd`` (created with
+useradd if missing; it is kept, it owns no files after teardown). Teardown stops every process it
+started, by PID, deletes the namespace and removes the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from facilities import make_facility
+from helpers import http_login
+from xrootd_tls import hashed_ca_dir, make_test_ca
+
+from casa_hub.demo.facility import HUB_CONFIG, DemoFacility
+
+SERVICE_USER = "casa-xrootd"
+ISSUER_URL = "https://localhost/hub/casa-issuer"
+CACHE_AUDIENCE = "casa-demo-xcache"  # the demo's xcache grant
+ORIGIN_AUDIENCE = "casa-demo-origin"  # the cache's own grant for the origin (below)
+ORIGIN_PORT, CACHE_PORT, CACHE_HTTPS_PORT = 1094, 1095, 8443  # inside the namespace
+BRIDGE = Path(__file__).with_name("xrootd_bridge.py")
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+# The cache reaches the origin with its own token: a grant for facility admins, 6 h.
+EXTRA_HUB_CONFIG = f"""\
+c = get_config()  # noqa: F821
+c.CasaTokenIssuer.grants.update({{
+    "xcache-origin": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/"],
+                       "lifetime": 6 * 3600, "groups": ["facility-admins"]}},
+}})
+c.CasaTokenIssuer.key_reload_interval = 0.5  # key rotation test: follow the key directory at once
+"""
+
+
+class XRootDSetupError(RuntimeError):
+    """The XRootD test site could not be started; the message says what failed."""
+
+
+def xrootd_missing() -> str | None:
+    """Why the real XRootD tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, a service user)"
+    for tool in ("xrootd", "xrdcp", "ip", "curl", "openssl", "useradd"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (scripts/install.sh test installs it)"
+    if not list(Path("/usr/lib").glob("*/libXrdAccSciTokens-5.so")):
+        return "xrootd-scitokens-plugins is not installed"
+    return None
+
+
+class Token(str):
+    """A token whose repr never shows its value (pytest prints the reprs of arguments on failure)."""
+
+    def __repr__(self) -> str:
+        return f"<token of {len(self)} characters>"
+
+
+def broker_token(facility: DemoFacility, username: str, grant: str) -> Token:
+    """A fresh token from the real broker, for ``username`` signed in over HTTP."""
+    session, r = http_login(facility.hub_url, username, facility.password(username))
+    assert r.status_code == 200, f"login of {username} failed: {r.status_code}"
+    r = session.post(f"{facility.hub_url}/hub/api/casa/tokens/{grant}",
+                     headers={"X-XSRFToken": session.cookies.get("_xsrf", "")}, timeout=30)
+    assert r.status_code == 200, f"broker refused {username}/{grant}: {r.status_code} {r.text[:200]}"
+    return Token(r.json()["token"])
+
+
+# ---- the site ---------------------------------------------------------------------------------------
+
+
+def ensure_service_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", SERVICE_USER], check=True, capture_output=True)
+        return pwd.getpwnam(SERVICE_USER)
+
+
+@dataclass
+class ClientResult:
+    """What a client run inside the namespace returned (never the token it used)."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+    status: int | None = None  # https only
+
+
+@dataclass(repr=False)
+class XRootDSite:
+    """The running origin and cache; see the module docstring."""
+
+    facility: DemoFacility
+    run_dir: Path
+    netns: str = field(default_factory=lambda: f"casa-xrd-{secrets.token_hex(4)}")
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    startup_seconds: float = 0.0
+
+    def __repr__(self) -> str:  # short, and without the facility's secrets
+        return f"XRootDSite(netns={self.netns!r}, run_dir={str(self.run_dir)!r})"
+
+    # -- paths
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def server_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    @property
+    def scitokens_cfgs(self) -> dict[str, Path]:
+        return {name: self.server_dir(name) / "scitokens.cfg" for name in ("origin", "cache")}
+
+    def key_cache(self, name: str) -> Path:
+        return self.server_dir(name) / "xdg-cache" / "scitokens" / "scitokens_cpp.sqllite"
+
+    # -- lifecycle
+    def start(self, timeout: float = 60.0) -> None:
+        t0 = time.monotonic()
+        user = ensure_service_user()
+        self.log_dir.mkdir(parents=True)
+        tls = self.run_dir / "tls"
+        tls.mkdir()
+        self.ca_pem, cert, key = make_test_ca(tls)
+        self.ca_dir = hashed_ca_dir(self.ca_pem, self.run_dir / "ca-dir")
+        # the servers' copy of the key, readable by the service user only
+        self.xrd_key = tls / "xrootd.key"
+        shutil.copy(key, self.xrd_key)
+        os.chown(self.xrd_key, user.pw_uid, user.pw_gid)
+        os.chmod(self.xrd_key, 0o400)
+        self.cert = cert
+        self._make_data(user)
+        self._write_configs(user)
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
+        self._run_in_netns(["ip", "link", "set", "lo", "up"], check=True)
+
+        sock = self.run_dir / "hub.sock"
+        self._spawn("bridge", [sys.executable, str(BRIDGE), "unix-to-tcp", "--unix", str(sock),
+                               "--tcp", f"127.0.0.1:{self.facility.hub_port}",
+                               "--ready-file", str(self.run_dir / "bridge.ready")])
+        self._wait_file("bridge", self.run_dir / "bridge.ready", timeout)
+        self._spawn("forwarder", ["ip", "netns", "exec", self.netns, sys.executable, str(BRIDGE),
+                                  "tls-to-unix", "--unix", str(sock), "--port", "443", "--cert", str(cert),
+                                  "--key", str(key), "--ready-file", str(self.run_dir / "forwarder.ready")])
+        self._wait_file("forwarder", self.run_dir / "forwarder.ready", timeout)
+        for name in ("origin", "cache"):
+            self._spawn_xrootd(name)
+        for name in ("origin", "cache"):
+            self._wait_xrootd(name, timeout)
+        self.startup_seconds = time.monotonic() - t0
+
+    def stop_server(self, name: str) -> None:
+        """Stop one xrootd ("origin" or "cache") by PID, as a crash or an operator would."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start_server(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped xrootd again with the same configuration, data and key cache."""
+        log = self.xrootd_log_path(name)
+        since = log.stat().st_size if log.exists() else 0
+        self._spawn_xrootd(name)
+        self._wait_xrootd(name, timeout, since)
+
+    def restart_server(self, name: str, timeout: float = 60.0) -> None:
+        self.stop_server(name)
+        self.start_server(name, timeout)
+
+    def stop(self) -> None:
+        """Stop every process this site started (by PID), delete the namespace and the run directory."""
+        for name in ("cache", "origin", "forwarder", "bridge"):
+            proc = self.procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- setup helpers
+    def _make_data(self, user: pwd.struct_passwd) -> None:
+        data = self.server_dir("origin") / "data"
+        for owner in ("alice", "bob"):
+            d = data / "store" / "user" / owner
+            d.mkdir(parents=True)
+            content = f"{owner}'s event data {secrets.token_hex(16)}\n".encode()
+            (d / "events.txt").write_bytes(content)
+            self.files[f"/store/user/{owner}/events.txt"] = content
+        self._make_readable(data)
+
+    def _write_configs(self, user: pwd.struct_passwd) -> None:
+        common = [
+            f"xrd.tls {self.cert} {self.xrd_key}",
+            f"xrd.tlsca certdir {self.ca_dir}",
+            "xrootd.tls capable all",
+            "xrootd.seclib libXrdSec.so",
+            "sec.protocol ztn",
+            "ofs.authorize 1",
+        ]
+        origin = [
+            f"xrd.port {ORIGIN_PORT}",
+            "all.export /store",
+            f"oss.localroot {self.server_dir('origin') / 'data'}",
+        ]
+        cache = [
+            f"xrd.port {CACHE_PORT}",
+            f"xrd.protocol XrdHttp:{CACHE_HTTPS_PORT} libXrdHttp.so",
+            "http.header2cgi Authorization authz",
+            "all.export /store",
+            "ofs.osslib libXrdPss.so",
+            "pss.cachelib libXrdPfc.so",
+            f"pss.origin localhost:{ORIGIN_PORT}",
+            f"oss.localroot {self.server_dir('cache') / 'data'}",
+            "pfc.ram 1g",
+        ]
+        for name, lines, audience in (("origin", origin, ORIGIN_AUDIENCE), ("cache", cache, CACHE_AUDIENCE)):
+            d = self.server_dir(name)
+            for sub in ("data", "admin", "xdg-cache", "log"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            self.scitokens_cfgs[name].write_text(self.generate_scitokens_cfg(audience))
+            cfg = [*lines, *common, f"ofs.authlib libXrdAccSciTokens.so config={self.scitokens_cfgs[name]}",
+                   f"all.adminpath {d / 'admin'}", f"all.pidpath {d / 'admin'}"]
+            (d / "xrootd.cfg").write_text("\n".join(cfg) + "\n")
+            for sub in ("admin", "xdg-cache", "log"):
+                os.chown(d / sub, user.pw_uid, user.pw_gid)
+            if name == "cache":
+                os.chown(d / "data", user.pw_uid, user.pw_gid)
+        # the cache's own token for the origin, from the broker (bob is a facility admin)
+        token_file = self.server_dir("cache") / "origin.token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(broker_token(self.facility, "bob", "xcache-origin"))
+        os.chown(token_file, user.pw_uid, user.pw_gid)
+        # the trust bundle the xrootd processes see instead of the system one: the test CA only
+        self.trust_bundle = self.run_dir / "tls" / "trust-bundle.pem"
+        shutil.copy(self.ca_pem, self.trust_bundle)
+        for p in (self.run_dir, self.run_dir / "tls", self.ca_dir, *self.ca_dir.iterdir(), self.cert,
+                  self.trust_bundle, *self.scitokens_cfgs.values()):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+    def generate_scitokens_cfg(self, audience: str) -> str:
+        """``casa-hub site-config xrootd`` run on the facility's hub config file, as an admin would."""
+        env = dict(os.environ, **self.facility.config_env())
+        r = subprocess.run([sys.executable, "-m", "casa_hub.cli", "site-config", "xrootd", "-f", str(HUB_CONFIG),
+                            "--audience", audience, "--base-path", "/store"],
+                           env=env, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise XRootDSetupError(f"casa-hub site-config xrootd failed: {r.stderr.strip()}")
+        return r.stdout
+
+    @staticmethod
+    def _make_readable(root: Path) -> None:
+        for p in [root, *root.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _spawn_xrootd(self, name: str) -> None:
+        d = self.server_dir(name)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CACHE_HOME": str(d / "xdg-cache"),
+               "X509_CERT_DIR": str(self.ca_dir), "HOME": str(d)}
+        if name == "cache":
+            env["BEARER_TOKEN_FILE"] = str(d / "origin.token")
+        # a private mount namespace (ip netns exec makes one): the test CA replaces the CA bundle there only
+        script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+        self._spawn(name, ["ip", "netns", "exec", self.netns, "sh", "-c", script, str(self.trust_bundle),
+                           SYSTEM_BUNDLE, "xrootd", "-R", SERVICE_USER, "-n", name, "-c", str(d / "xrootd.cfg"),
+                           "-l", str(d / "log" / "xrootd.log")], env=env)
+
+    def _wait_file(self, name: str, path: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.procs[name].poll() is not None:
+                raise XRootDSetupError(f"{name} exited ({self.procs[name].returncode}): {self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise XRootDSetupError(f"{name} did not start within {timeout:.0f} s: {self.log_tail(name)}")
+            time.sleep(0.05)
+
+    def _wait_xrootd(self, name: str, timeout: float, since: int = 0) -> None:
+        """Wait for "initialization completed" in the log after byte ``since`` (a restart appends)."""
+        log = self.xrootd_log_path(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = log.read_bytes() if log.exists() else b""
+            text = raw[since if len(raw) >= since else 0:].decode(errors="replace")
+            if "initialization completed" in text:
+                return
+            if "initialization failed" in text or self.procs[name].poll() is not None:
+                raise XRootDSetupError(f"xrootd {name} failed to start:\n{self.log_tail(name)}\n"
+                                       f"{chr(10).join(text.splitlines()[-25:])}")
+            if time.monotonic() > deadline:
+                raise XRootDSetupError(f"xrootd {name} did not start within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def xrootd_log_path(self, name: str) -> Path:
+        # with -n NAME, xrootd writes -l DIR/FILE as DIR/NAME/FILE
+        return self.server_dir(name) / "log" / name / "xrootd.log"
+
+    def xrootd_log(self, name: str) -> str:
+        path = self.xrootd_log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _run_in_netns(self, cmd: list[str], env: dict[str, str] | None = None, check: bool = False,
+                      timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *cmd], env=env, capture_output=True,
+                              check=check, timeout=timeout)
+
+    # -- clients (run inside the namespace; the token goes through a 0600 file, never argv)
+    def _client_env(self, scratch: Path, token_file: Path | None) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
+               "XDG_RUNTIME_DIR": str(scratch), "X509_CERT_DIR": str(self.ca_dir),
+               "XRD_CONNECTIONRETRY": "1", "XRD_REQUESTTIMEOUT": "30", "XRD_STREAMTIMEOUT": "30"}
+        if token_file is not None:
+            env["BEARER_TOKEN_FILE"] = str(token_file)
+        return env
+
+    def _scratch(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="client-", dir=self.run_dir))
+
+    @staticmethod
+    def _secret_file(path: Path, content: str) -> Path:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        return path
+
+    def xrdcp(self, path: str, token: str | None, port: int = CACHE_PORT) -> ClientResult:
+        """``xrdcp root://localhost:<port>/<path> -`` with ``BEARER_TOKEN_FILE`` (or no token)."""
+        ambient = Path(f"/tmp/bt_u{os.getuid()}")  # WLCG bearer token discovery would find it
+        if token is None and ambient.exists():
+            raise XRootDSetupError(f"{ambient} exists: a 'no token' request would send it")
+        scratch = self._scratch()
+        try:
+            token_file = self._secret_file(scratch / "token", token) if token is not None else None
+            r = self._run_in_netns(["xrdcp", "--nopbar", "-f", f"root://localhost:{port}/{path}", "-"],
+                                   env=self._client_env(scratch, token_file))
+            return ClientResult(r.returncode, r.stdout, r.stderr.decode(errors="replace"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def https_get(self, path: str, token: str | None) -> ClientResult:
+        """``curl https://localhost:<cache https port>/<path>`` with ``Authorization: Bearer`` (or none)."""
+        scratch = self._scratch()
+        try:
+            cmd = ["curl", "-sS", "--cacert", str(self.ca_pem), "-o", str(scratch / "body"),
+                   "-w", "%{http_code}", f"https://localhost:{CACHE_HTTPS_PORT}/{path.lstrip('/')}"]
+            if token is not None:
+                cmd[1:1] = ["-H", f"@{self._secret_file(scratch / 'headers', f'Authorization: Bearer {token}')}"]
+            r = self._run_in_netns(cmd, env=self._client_env(scratch, None))
+            body = (scratch / "body").read_bytes() if (scratch / "body").exists() else b""
+            out = r.stdout.decode()
+            status = int(out) if out.isdigit() else None
+            return ClientResult(r.returncode, body, r.stderr.decode(errors="replace"), status)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # -- the keys XRootD holds
+    def cached_jwks(self) -> dict[str, dict | None]:
+        """For each server, the JWKS its SciTokens key cache holds for our issuer (None: not fetched)."""
+        out: dict[str, dict | None] = {}
+        for name in ("origin", "cache"):
+            out[name] = None
+            db = self.key_cache(name)
+            if not db.exists():
+                continue
+            with sqlite3.connect(db) as conn:
+                row = conn.execute("SELECT keys FROM keycache WHERE issuer = ?", (ISSUER_URL,)).fetchone()
+            if row:
+                out[name] = json.loads(row[0])["jwks"]
+        return out
+
+    def refresh_issuer_keys(self) -> None:
+        """Forget the cached keys: the next new token makes XRootD fetch the hub's JWKS again."""
+        for name in ("origin", "cache"):
+            db = self.key_cache(name)
+            if db.exists():
+                with sqlite3.connect(db) as conn:
+                    conn.execute("DELETE FROM keycache WHERE issuer = ?", (ISSUER_URL,))
+
+    def forwarded_requests(self) -> list[str]:
+        """Request lines (method and path) that reached the hub through the TLS forwarder."""
+        return [line.split(" ", 1)[1] for line in self.log_tail("forwarder", 10_000).splitlines()
+                if line.startswith("request ")]
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
+    """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grant."""
+    reason = xrootd_missing()
+    if reason:
+        pytest.fail(f"the real XRootD tests cannot run: {reason}")
+    state = tmp_path_factory.mktemp("xrootd-facility")
+    fac = make_facility(state, admin_token, name="xrootd", issuer_url_override=ISSUER_URL,
+                        hub_configs=[EXTRA_HUB_CONFIG])
+    with fac:
+        yield fac
+
+
+@pytest.fixture(scope="session")
+def xrootd_site(xrootd_facility) -> XRootDSite:
+    """Origin + XCache in a loopback-only namespace, trusting the hub's issuer (see module doc)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="casa-xrootd-"))
+    os.chmod(run_dir, 0o755)
+    site = XRootDSite(xrootd_facility, run_dir)
+    try:
+        site.start()
+        print(f"xrootd site: bridge, forwarder, origin and cache ready in {site.startup_seconds:.2f} s")
+        yield site
+    finally:
+        site.stop()
+
+
+__all__ = ["Token", "XRootDSite", "broker_token", "xrootd_facility", "xrootd_site"]
