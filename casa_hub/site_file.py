@@ -150,6 +150,11 @@ def apply(c: Any, part: str, settings: dict[str, Any] | None = None) -> None:
     if part == "auth":
         c.JupyterHub.authenticator_class = "casa-oidc"
         apply_section(c, settings.get("auth", {}), _load_class(SECTIONS["auth"]), "casa.auth")
+        if not c.CasaOIDCAuthenticator.get("admin_reads_auth_state", False):
+            from casa_hub.auth.roles import add_facility_admin_role
+
+            # admins from admin_groups get every admin scope but admin:auth_state (casa_hub.auth.roles)
+            add_facility_admin_role(c, c.CasaOIDCAuthenticator.get("admin_groups", []))
         apply_section(c, settings.get("facility", {}), _load_class(SECTIONS["facility"]), "casa.facility")
     elif part == "tokens":
         from casa_hub.tokens.broker import enable_broker

@@ -26,9 +26,12 @@ from tornado import web
 from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default
 
 from casa_hub import metrics
+from casa_hub.auth.identity import bind_at_login, identity_handlers
 from casa_hub.auth.logout import CasaLogoutHandler, end_provider_tokens, provider_logout_url
 from casa_hub.auth.oidc import JWKSCache, OIDCError, ProviderMetadata, discover, verify_id_token
 from casa_hub.auth.refresh import ProviderRefresher, provider_meta
+from casa_hub.auth.roles import facility_admin_groups
+from casa_hub.common import logsafe
 from casa_hub.pages.facility_info import install_templates
 from casa_hub.pages.handlers import page_handlers
 from casa_hub.tokens.broker import broker_handlers
@@ -191,6 +194,15 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         provider). Default: the hub's login page, derived from ``oauth_callback_url``.""",
     )
 
+    admin_reads_auth_state = Bool(
+        False,
+        config=True,
+        help="""Make members of ``admin_groups`` JupyterHub admins, who can read every user's
+        auth_state (the provider's access, refresh and ID tokens) through the REST API. Default: no;
+        the drop-ins give those groups the role ``casa-facility-admin`` instead: every admin scope
+        but ``admin:auth_state`` (``casa_hub.auth.roles``).""",
+    )
+
     login_handler = CasaLoginHandler
     callback_handler = CasaCallbackHandler
     logout_handler = CasaLogoutHandler
@@ -217,6 +229,7 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        logsafe.install(self.log)  # one log record, one line: request and provider values cannot forge lines
         install_templates(self.parent)  # the hub's pages (casa_hub/pages/templates), before the hub loads them
 
     _provider: ProviderMetadata | None = None
@@ -258,6 +271,7 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             issuer.check_config()
             handlers.extend(issuer_handlers(issuer))
             handlers.extend(broker_handlers(issuer))
+        handlers.extend(identity_handlers())  # admins re-bind an account (casa_hub.auth.identity)
         handlers.extend(page_handlers())  # "My facility" and its JSON twin (casa_hub.pages.handlers)
         try:
             # start discovery now so the first login does not wait for it
@@ -375,7 +389,12 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         if not isinstance(raw, list):
             self.log.warning("Ignoring groups claim %r of unexpected type", self.groups_claim)
             return set()
-        return {g.strip("/") for g in raw if isinstance(g, str) and g.strip("/")}
+        groups = {g.strip("/") for g in raw if isinstance(g, str) and g.strip("/")}
+        unsafe = {g for g in groups if logsafe.has_controls(g)}
+        if unsafe:  # never into JupyterHub's groups, the logs or wlcg.groups
+            self.log.warning("Ignoring %d group name(s) with control characters: %s", len(unsafe),
+                             ", ".join(sorted(logsafe.escape_controls(g) for g in unsafe)))
+        return groups - unsafe
 
     async def get_authenticated_user(self, handler: Any, data: Any) -> dict | None:
         """The base class's login, counted in ``casa_hub_logins_total`` by outcome."""
@@ -387,6 +406,28 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             raise
         metrics.count_login("success" if user else "not_allowed")
         return user
+
+    async def update_auth_model(self, auth_model: dict) -> dict:
+        """oauthenticator's admin decision, except that ``admin_groups`` give the role
+        ``casa-facility-admin`` (no ``admin:auth_state``) instead of JupyterHub's admin flag."""
+        auth_model = await super().update_auth_model(auth_model)
+        if self.admin_groups and not self.admin_reads_auth_state and self._facility_admin_role():
+            auth_model["admin"] = auth_model["name"] in self.admin_users
+        return auth_model
+
+    def _facility_admin_role(self) -> bool:
+        """Whether the role ``casa-facility-admin`` is held by every group of ``admin_groups``
+        (the drop-ins define it from the site file); otherwise warn once and keep the admin flag."""
+        groups = facility_admin_groups(getattr(self.parent, "load_roles", None) or [])
+        if groups is not None and set(self.admin_groups) <= groups:
+            return True
+        if not getattr(self, "_warned_admin_role", False):
+            self._warned_admin_role = True
+            self.log.warning(
+                "admin_groups %s make JupyterHub admins, who can read users' provider tokens: set "
+                "admin_groups in the site file (the drop-ins then give them the role casa-facility-admin)",
+                sorted(self.admin_groups))
+        return False
 
     def build_auth_state_dict(self, token_info: dict, user_info: dict) -> dict:
         auth_state = super().build_auth_state_dict(token_info, user_info)
@@ -420,7 +461,11 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         return provider_logout_url(self)
 
     async def run_post_auth_hook(self, handler: Any, auth_model: dict) -> dict:
-        """After the allow checks: mint the user's facility tokens, then the site's hook."""
+        """After the allow checks: check (or record) the account's provider identity, mint the
+        user's facility tokens, then the site's hook."""
+        finder = getattr(handler, "find_user", None)
+        existing = finder(auth_model["name"]) if finder is not None else None
+        await bind_at_login(self.log, existing, auth_model, self.user_auth_state_key)
         if self.mint_tokens_at_login and auth_model.get("auth_state") is not None:
             minted = self.token_issuer.mint_all(auth_model["name"], auth_model.get("groups") or [])
             store_minted(auth_model["auth_state"], minted.values(), now=time.time())

@@ -1,6 +1,8 @@
 """Logout: end the hub session, revoke the provider's refresh token, end the provider session.
 
-``CasaLogoutHandler`` replaces oauthenticator's logout handler. Before the hub clears its cookie it
+``CasaLogoutHandler`` replaces oauthenticator's logout handler. ``GET /hub/logout`` only shows a
+confirmation page; the logout itself is its form's ``POST``, which JupyterHub checks for its XSRF
+token, so a cross-site link or page cannot sign a user out (and revoke their provider tokens). Before the hub clears its cookie it
 revokes the user's refresh token at the provider's ``revocation_endpoint`` (RFC 7009) and forgets
 the provider's tokens; afterwards it sends the browser to the provider's ``end_session_endpoint``
 (OIDC RP-initiated logout) with ``client_id`` and ``post_logout_redirect_uri`` only: the ID token
@@ -21,6 +23,21 @@ from casa_hub.tokens.store import META_KEY, auth_state_lock
 
 class CasaLogoutHandler(OAuthLogoutHandler):
     """Ends the hub session, revokes the provider's refresh token, then ends the provider session."""
+
+    async def get(self) -> None:
+        """The "Sign out?" page (nothing changes); without a session, the login page."""
+        if self.current_user is None:
+            self.redirect(self.settings["login_url"], permanent=False)
+            return
+        html = await self.render_template(
+            "casa_logout.html", login_service=self.authenticator.login_service,
+            shutdown_on_logout=self.shutdown_on_logout,
+        )
+        self.finish(html)
+
+    async def post(self) -> None:
+        """The logout (JupyterHub's GET logout), after JupyterHub's XSRF check of the form."""
+        await super().get()
 
     async def default_handle_logout(self) -> None:
         user = self.current_user

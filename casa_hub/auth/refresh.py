@@ -23,6 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from casa_hub import metrics
 from casa_hub.auth.contract import OIDCAuthenticatorLike
+from casa_hub.auth.identity import IDENTITY_KEY, IdentityConflict, check_refresh
 from casa_hub.auth.oidc import OIDCError, verify_id_token
 from casa_hub.tokens.store import (
     AUTH_STATE_KEY,
@@ -182,11 +183,17 @@ class ProviderRefresher:
             user_info.update(claims)
         if auth.user_info_to_username(user_info) != user.name:
             raise RefreshRejected("the provider now reports another username")
+        try:
+            check_refresh(state, user_info)
+        except IdentityConflict as e:
+            raise RefreshRejected(str(e)) from None
         generation = int((state.get(META_KEY) or {}).get("generation", 0)) + 1
         new_state = auth.build_auth_state_dict(token_info, user_info)
         if inspect.isawaitable(new_state):
             new_state = await new_state
         new_state[META_KEY] = provider_meta(token_info, now, generation)
+        if IDENTITY_KEY in state:
+            new_state[IDENTITY_KEY] = state[IDENTITY_KEY]  # the binding outlives every refresh
         model: dict[str, Any] = {"name": user.name, "admin": True if user.name in auth.admin_users else None,
                                  "auth_state": new_state}
         model = await auth.update_auth_model(model)

@@ -86,6 +86,9 @@ def test_user_without_admin_rights_then_logout_ends_both_sessions(page, facility
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)
 
     page.goto(f"{facility.hub_url}/hub/logout")
+    # signing out is a POST from the confirmation page (a link from anywhere cannot sign a user out)
+    expect(page.get_by_role("heading", name=re.compile("Sign out of"))).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(re.compile(re.escape(f"{facility.hub_url}/hub/login")), timeout=60_000)
     page.screenshot(path=str(artifacts_dir / "after-logout.png"))
     cookies = {c["name"] for c in page.context.cookies(facility.hub_url)}

@@ -18,6 +18,7 @@ from facilities import running_facility
 from helpers import (
     admin_api,
     http_login,
+    http_logout,
     login_and_start_server,
     read_server_environ,
 )
@@ -147,7 +148,7 @@ def test_logout_ends_hub_and_provider_sessions_and_revokes_the_refresh_token(fac
     assert r.status_code == 200
     refresh_token = auth_state(fac, admin_token, "bob")["refresh_token"]
 
-    page = s.get(f"{fac.hub_url}/hub/logout", timeout=30)
+    page = http_logout(s, fac.hub_url)
     assert page.url.startswith(fac.idp_url), "the browser is sent to the provider's end-session page"
     to_provider = next(h.headers["Location"] for h in page.history
                        if h.headers.get("Location", "").startswith(fac.idp_url))

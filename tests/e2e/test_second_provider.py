@@ -11,24 +11,22 @@ from __future__ import annotations
 import secrets
 
 import pytest
+import requests
 from facilities import make_facility
 from helpers import admin_api, http_login, verify_with_published_jwks
 
 pytestmark = pytest.mark.e2e
 
-HUB_CONFIG = """\
-c = get_config()  # noqa: F821
-c.CasaOIDCAuthenticator.username_claim = "email"
-c.CasaOIDCAuthenticator.groups_claim = "wlcg.groups"
-c.CasaOIDCAuthenticator.extra_login_scopes = ["wlcg.groups"]
-c.CasaOIDCAuthenticator.allowed_groups = {"cms"}
-c.CasaOIDCAuthenticator.admin_groups = {"cms/admins"}
-c.CasaTokenIssuer.grants = {
-    "xcache": {"audience": "cms-xcache", "scopes": ["storage.read:/user/{username}"], "groups": ["cms"]},
-    "higgs": {"audience": "cms-xcache", "scopes": ["storage.read:/higgs"], "groups": ["cms/higgs"]},
-    "atlas": {"audience": "atlas-xcache", "scopes": ["storage.read:/atlas"], "groups": ["atlas"]},
+#: the site file's sections for this provider (merged into the demo's site file): settings only, no code
+SITE = {
+    "auth": {"username_claim": "email", "groups_claim": "wlcg.groups", "extra_login_scopes": ["wlcg.groups"],
+             "allowed_groups": ["cms"], "admin_groups": ["cms/admins"]},
+    "tokens": {"grants": {
+        "xcache": {"audience": "cms-xcache", "scopes": ["storage.read:/user/{username}"], "groups": ["cms"]},
+        "higgs": {"audience": "cms-xcache", "scopes": ["storage.read:/higgs"], "groups": ["cms/higgs"]},
+        "atlas": {"audience": "atlas-xcache", "scopes": ["storage.read:/atlas"], "groups": ["atlas"]},
+    }},
 }
-"""
 
 IAM_CLAIMS = {
     "openid": ["sub"],
@@ -53,10 +51,8 @@ DAVE = {  # his plain "groups" claim would let him in; his wlcg.groups do not
 @pytest.fixture(scope="module")
 def iam(tmp_path_factory, admin_token):
     tmp = tmp_path_factory.mktemp("iam")
-    extra = tmp / "iam_claims_config.py"
-    extra.write_text(HUB_CONFIG)
     users = [dict(u, password=secrets.token_urlsafe(12)) for u in (CAROL, DAVE)]
-    fac = make_facility(tmp / "state", admin_token, name="iam", hub_configs=[extra],
+    fac = make_facility(tmp / "state", admin_token, name="iam", site=SITE,
                         idp_overrides={"claims": IAM_CLAIMS, "users": users})
     fac.passwords = {u["username"]: u["password"] for u in users}
     with fac:
@@ -71,7 +67,8 @@ def test_username_and_groups_come_from_the_configured_claims(iam, admin_token):
 
     model = admin_api(iam.hub_url, admin_token, "/users/carol.higgs@uni.example").json()
     assert sorted(model["groups"]) == ["cms", "cms/admins", "cms/higgs"]
-    assert model["admin"] is True, "member of /cms/admins should be a hub admin"
+    assert "casa-facility-admin" in model["roles"], "members of /cms/admins are facility admins"
+    assert model["admin"] is False, "facility admins are not JupyterHub admins (who may read auth_state)"
     claims = model["auth_state"]["oauth_user"]
     assert claims["sub"] == CAROL["sub"] and claims["groups"] == ["visitors"]
     assert admin_api(iam.hub_url, admin_token, "/users/carol").status_code == 404, "preferred_username was used"
@@ -96,3 +93,25 @@ def test_decoy_groups_claim_is_ignored(iam, admin_token):
     assert "not a member of a group allowed to use this facility" in r.text
     for name in ("dave@uni.example", "dave"):
         assert admin_api(iam.hub_url, admin_token, f"/users/{name}").status_code == 404
+
+
+def test_a_facility_admin_reads_no_provider_tokens_through_the_api(iam, admin_token):
+    """A facility admin (from the provider's admin group) manages users and servers, but the API gives
+    them no user's auth_state: the provider's access, refresh and ID tokens are readable by nobody."""
+    for name in ("carol", "dave"):
+        assert http_login(iam.hub_url, name, iam.passwords[name])[1].status_code == 200
+    carol, dave = "carol.higgs@uni.example", "dave@uni.example"
+    made = admin_api(iam.hub_url, admin_token, f"/users/{carol}/tokens", method="POST",
+                     json={"note": "admin test"})
+    assert made.status_code == 201, made.text
+    carols = made.json()["token"]
+    headers = {"Authorization": f"token {carols}"}
+    users = requests.get(f"{iam.hub_url}/hub/api/users", headers=headers, timeout=10)
+    assert users.status_code == 200 and {carol, dave} <= {u["name"] for u in users.json()}, "admins list users"
+    for name in (dave, carol):
+        model = requests.get(f"{iam.hub_url}/hub/api/users/{name}", headers=headers, timeout=10)
+        assert model.status_code == 200, model.text
+        assert model.json().get("auth_state") is None, f"{name}'s auth_state must not reach an admin"
+        assert "refresh_token" not in model.text and "access_token" not in model.text
+    stored = admin_api(iam.hub_url, admin_token, f"/users/{dave}").json()["auth_state"]
+    assert stored["refresh_token"] and stored["refresh_token"] not in users.text, "the tokens exist, unseen"

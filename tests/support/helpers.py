@@ -33,6 +33,16 @@ def http_login(hub_url: str, username: str, password: str) -> tuple[requests.Ses
     return s, submit_login(s, page, username, password)
 
 
+def http_logout(s: requests.Session, hub_url: str) -> requests.Response:
+    """Sign out as a browser does: ``GET /hub/logout`` shows the confirmation page (nothing changes
+    yet), its form POSTs with the hub's XSRF token; returns the POST's final response."""
+    page = s.get(f"{hub_url}/hub/logout", timeout=30)
+    assert page.status_code == 200 and 'id="casa-logout-form"' in page.text, page.text[:300]
+    form = re.search(r'<form[^>]*id="casa-logout-form"[^>]*>(.*?)</form>', page.text, re.S)
+    fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(1)))
+    return s.post(f"{hub_url}/hub/logout", data=fields, timeout=30)
+
+
 def admin_api(hub_url: str, token: str, path: str, method: str = "GET", **kw) -> requests.Response:
     return requests.request(
         method, f"{hub_url}/hub/api{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
