@@ -15,20 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import secrets
+import inspect
 import time
 from typing import Any
 from urllib.parse import urlencode
 
 from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
-from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default
+from traitlets import (
+    Bool,
+    Callable,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 
 from casa_hub import metrics
+from casa_hub.auth.groups import GroupMapping, as_names, claim_value, split_unsafe
+from casa_hub.auth.handlers import CasaCallbackHandler, CasaLoginHandler
 from casa_hub.auth.identity import bind_at_login, identity_handlers
 from casa_hub.auth.logout import CasaLogoutHandler, end_provider_tokens, provider_logout_url
 from casa_hub.auth.oidc import JWKSCache, OIDCError, ProviderMetadata, discover, verify_id_token
+from casa_hub.auth.provider_http import fetch_quietly, fetch_userinfo, token_request_failure
 from casa_hub.auth.refresh import ProviderRefresher, provider_meta
 from casa_hub.auth.roles import facility_admin_groups
 from casa_hub.common import logsafe
@@ -40,47 +54,7 @@ from casa_hub.tokens.handlers import issuer_handlers
 from casa_hub.tokens.issuer import CasaTokenIssuer
 from casa_hub.tokens.store import META_KEY, store_minted
 
-NONCE_COOKIE = "casa-oidc-nonce"
 _login_nonce: contextvars.ContextVar[str | None] = contextvars.ContextVar("casa_login_nonce")
-
-
-class CasaLoginHandler(OAuthLoginHandler):
-    """Redirects to the provider with PKCE (from the base class), state and a nonce."""
-
-    async def get(self) -> None:
-        try:
-            await self.authenticator.ensure_provider()
-        except OIDCError as e:
-            self.authenticator.log.error("Cannot start a login: %s", e)
-            raise web.HTTPError(503, str(e)) from None
-        super().get()
-
-    def authorize_redirect(self, *args: Any, extra_params: dict | None = None, **kwargs: Any) -> None:
-        nonce = secrets.token_urlsafe(32)
-        self._set_cookie(NONCE_COOKIE, nonce, expires_days=1, httponly=True)
-        super().authorize_redirect(*args, extra_params=dict(extra_params or {}, nonce=nonce), **kwargs)
-
-
-class CasaCallbackHandler(OAuthCallbackHandler):
-    """The provider's redirect back to the hub."""
-
-    def check_error(self) -> None:
-        error = self.get_argument("error", "")
-        if error:
-            description = self.get_argument("error_description", "")
-            self.authenticator.log.warning("Provider refused the login: %s %s", error, description)
-            raise web.HTTPError(
-                403, f"The identity provider did not sign you in ({error}). Please try again."
-            )
-
-    def _request_summary(self) -> str:
-        # used by tornado's log lines for refused callbacks: never log the code or state
-        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
-
-    def pop_nonce(self) -> str | None:
-        raw = self.get_secure_cookie(NONCE_COOKIE)
-        self.clear_cookie(NONCE_COOKIE)
-        return raw.decode("ascii", "replace") if raw else None
 
 
 class CasaOIDCAuthenticator(GenericOAuthenticator):
@@ -121,12 +95,38 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         (lower-cased) is mapped instead of refused.""",
     )
 
-    groups_claim = Unicode(
-        "groups",
+    groups_claim = Union(
+        [Unicode(), Callable()],
+        default_value="groups",
         config=True,
-        help="""Claim holding the user's groups (a list, or a space-separated string). A leading
-        ``/`` (WLCG style) is removed. Groups decide ``allowed_groups``, ``admin_groups`` and the
-        facility grants.""",
+        help="""Claim holding the user's groups (a list, or a space-separated string), from the
+        verified ID token merged with userinfo: a claim name (``groups``, ``wlcg.groups``), a dotted
+        path into nested claims (Keycloak: ``realm_access.roles``), or a callable taking the claims.
+        A leading ``/`` (WLCG style) is removed; ``group_table`` and ``group_patterns`` map values to
+        facility groups. Groups decide ``allowed_groups``, ``admin_groups`` and the facility grants.
+        oauthenticator's ``auth_state_groups_key``, when set, is used instead (a path into auth_state).""",
+    )
+
+    group_table = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="""Claim values mapped to facility groups, exactly, e.g. EGI Check-in's
+        ``{"urn:mace:egi.eu:group:cms:role=member#aai.egi.eu": "cms/physicists"}``.""",
+    )
+
+    group_patterns = List(
+        Dict(value_trait=Unicode()),
+        config=True,
+        help="""Claim values mapped to facility groups by regular expressions, tried in order after
+        ``group_table``: ``[{"match": "urn:mace:egi.eu:group:([a-z0-9-]+):role=member#aai.egi.eu",
+        "group": "\\1"}]`` (the whole value must match; ``group`` may use the match's groups).""",
+    )
+
+    keep_unmapped_groups = Bool(
+        True,
+        config=True,
+        help="""Keep claim values that neither ``group_table`` nor ``group_patterns`` map, as they
+        are. Set False when the claim holds much besides groups (EGI entitlements, Keycloak roles).""",
     )
 
     mint_tokens_at_login = Bool(
@@ -210,6 +210,10 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
     @default("scope")
     def _scope_default(self) -> list[str]:
         return ["openid", "profile", "email", "groups", *self.extra_login_scopes]
+
+    @default("auth_state_groups_key")
+    def _auth_state_groups_key_default(self) -> str:
+        return ""  # groups_claim decides; oauthenticator's setting applies only when set explicitly
 
     @default("manage_groups")
     def _manage_groups_default(self) -> bool:
@@ -322,12 +326,7 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
                 validate_cert=self.validate_server_cert,
             )
         except Exception as e:
-            code = getattr(e, "code", None)
-            self.log.warning("Token request to the provider failed (%s)", code or type(e).__name__)
-            raise web.HTTPError(
-                403 if code and 400 <= code < 500 else 502,
-                "The identity provider refused to complete the sign-in. Please sign in again.",
-            ) from None
+            raise token_request_failure(self, e) from None
         if "access_token" not in token_info:
             raise web.HTTPError(502, "The identity provider returned no access token.")
         return token_info
@@ -347,20 +346,20 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             leeway=self.id_token_leeway,
         )
         user_info = dict(claims)
-        if self.userdata_url:
-            userinfo = await self.httpfetch(
-                self.userdata_url,
-                "Fetching user info...",
-                method="GET",
-                headers=self.build_userdata_request_headers(
-                    token_info["access_token"], token_info.get("token_type", "Bearer")
-                ),
-                validate_cert=self.validate_server_cert,
-            )
-            if userinfo.get("sub") != claims["sub"]:
-                raise OIDCError("userinfo is for another subject than the ID token", "bad_userinfo")
-            user_info.update(userinfo)
+        try:
+            user_info.update(await fetch_userinfo(self, token_info, claims["sub"]))
+        except ValueError as e:
+            raise OIDCError(str(e), "bad_userinfo") from None
         return user_info
+
+    async def fetch_userinfo(self, token_info: dict, subject: str) -> dict:
+        """The provider's userinfo for ``subject`` (``{}`` without a userinfo endpoint); also read
+        at every refresh, so groups that only userinfo holds are current."""
+        return await fetch_userinfo(self, token_info, subject)
+
+    async def fetch(self, req: Any, label: str = "fetching", parse_json: bool = True, **kwargs: Any) -> Any:
+        """oauthenticator's request wrapper, without the provider's response body in the log."""
+        return await fetch_quietly(self, req, label, parse_json, **kwargs)
 
     def user_info_to_username(self, user_info: dict) -> str:
         if callable(self.username_claim):
@@ -382,19 +381,36 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
         except UnsafeUsername as e:
             raise OIDCError(f"your username cannot be used at this facility: {e}", "unsafe_username") from None
 
+    @validate("group_patterns")
+    def _check_group_patterns(self, proposal: Any) -> list:
+        try:
+            GroupMapping.from_settings({}, proposal["value"], True)
+        except ValueError as e:
+            raise TraitError(f"CasaOIDCAuthenticator.{e}") from None
+        return proposal["value"]
+
     async def get_user_groups(self, auth_state: dict) -> set[str]:
-        raw = (auth_state.get(self.user_auth_state_key) or {}).get(self.groups_claim, [])
-        if isinstance(raw, str):
-            raw = raw.split()
-        if not isinstance(raw, list):
+        """The user's facility groups: from the claim (``groups_claim``, or oauthenticator's
+        ``auth_state_groups_key``), mapped (``group_table``, ``group_patterns``), without names
+        holding control characters."""
+        claims = auth_state.get(self.user_auth_state_key) or {}
+        if self.auth_state_groups_key:
+            raw: Any = await super().get_user_groups(auth_state)
+        elif callable(self.groups_claim):
+            raw = self.groups_claim(claims)
+            if inspect.isawaitable(raw):
+                raw = await raw
+        else:
+            raw = claim_value(claims, self.groups_claim)
+        names = as_names(list(raw) if isinstance(raw, set) else raw)
+        if raw is not None and not names and not isinstance(raw, (list, tuple, set, str)):
             self.log.warning("Ignoring groups claim %r of unexpected type", self.groups_claim)
-            return set()
-        groups = {g.strip("/") for g in raw if isinstance(g, str) and g.strip("/")}
-        unsafe = {g for g in groups if logsafe.has_controls(g)}
+        mapping = GroupMapping.from_settings(self.group_table, self.group_patterns, self.keep_unmapped_groups)
+        groups, unsafe = split_unsafe(mapping.map(names))
         if unsafe:  # never into JupyterHub's groups, the logs or wlcg.groups
             self.log.warning("Ignoring %d group name(s) with control characters: %s", len(unsafe),
                              ", ".join(sorted(logsafe.escape_controls(g) for g in unsafe)))
-        return groups - unsafe
+        return groups
 
     async def get_authenticated_user(self, handler: Any, data: Any) -> dict | None:
         """The base class's login, counted in ``casa_hub_logins_total`` by outcome."""

@@ -181,6 +181,7 @@ class ProviderRefresher:
             if user_info.get("sub") and claims["sub"] != user_info["sub"]:
                 raise RefreshRejected("the refreshed ID token is for another subject")
             user_info.update(claims)
+        user_info.update(await self._userinfo(token_info, str(user_info.get("sub") or "")))
         if auth.user_info_to_username(user_info) != user.name:
             raise RefreshRejected("the provider now reports another username")
         try:
@@ -209,6 +210,20 @@ class ProviderRefresher:
                       user.name, generation, ", ".join(sorted(minted)) or "no facility tokens")
         await self._notify_servers(user, new_state)
         return model
+
+    async def _userinfo(self, token_info: dict, subject: str) -> dict:
+        """userinfo with the new access token: groups that only userinfo holds are read again, so
+        a user removed from a group at the provider loses what it allowed at this refresh."""
+        try:
+            return await self.auth.fetch_userinfo(token_info, subject)
+        except ValueError as e:
+            raise RefreshRejected(str(e)) from None
+        except HTTPClientError as e:
+            if 400 <= e.code < 500:
+                raise RefreshRejected(f"the provider refused userinfo (HTTP {e.code})") from None
+            raise ProviderUnavailable(f"userinfo: HTTP {e.code}") from None
+        except (TimeoutError, OSError) as e:
+            raise ProviderUnavailable(f"userinfo: {type(e).__name__}") from None
 
     async def _notify_servers(self, user: Any, state: dict) -> None:
         """Give running servers their new facility tokens (spawners that support it)."""

@@ -32,8 +32,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--map-subject", action="store_true",
                         help="xrootd: use the token's sub (the hub username) as the XRootD username")
     parser.add_argument("--user", action="append", dest="users", default=None,
-                        help="htcondor: map only this user (repeatable); default: every subject to "
-                             "the local user of the same name")
+                        help="htcondor: map only this subject (repeatable): a local user of the same name, "
+                             "or NAME=LOCAL_USER for any hub username (e-mail style names need it); "
+                             "default: every subject without '@' to the local user of the same name")
 
 
 def run(args: Any) -> int:

@@ -6,7 +6,8 @@
 //
 // Config keys: issuer (http://127.0.0.1:PORT, required), clients (required),
 // users (required), access_token_ttl, id_token_ttl, refresh_token_ttl,
-// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys, claims, storage_file.
+// clock_tolerance, jwks (private JWKS), jwks_file, cookie_keys, claims, storage_file,
+// userinfo_only_claims (claim names released by userinfo only, never in ID tokens).
 // A user is {username, password, name, email, groups}, optionally with "sub"
 // (default: the username) and "claims" (merged over the others; null removes one).
 // "claims" maps each scope to the claim names it releases (default below).
@@ -50,6 +51,7 @@ const issuerUrl = new URL(config.issuer);
 if (issuerUrl.pathname !== '/') throw new Error('issuer must not have a path component');
 const port = Number(issuerUrl.port || (issuerUrl.protocol === 'https:' ? 443 : 80));
 const users = new Map((config.users || []).map((u) => [String(u.username), u]));
+const userinfoOnly = new Set(config.userinfo_only_claims ?? []);
 const accounts = new Map((config.users || []).map((u) => [String(u.sub ?? u.username), u]));
 const scopeClaims = config.claims ?? {
   openid: ['sub'],
@@ -290,7 +292,10 @@ ${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><butt
     };
     return {
       accountId: sub,
-      claims: async () => Object.fromEntries(Object.entries(claims).filter(([, v]) => v != null)),
+      // claims named in "userinfo_only_claims" go to userinfo, never into ID tokens (some
+      // providers release groups that way)
+      claims: async (use) => Object.fromEntries(Object.entries(claims).filter(
+        ([k, v]) => v != null && !(use === 'id_token' && userinfoOnly.has(k)))),
     };
   },
   renderError: async (ctx, out) => {

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from casa_hub.tokens.grants import Grant
+from casa_hub.tokens.grants import Grant, UnsafeUsername, check_username
 
 DEFAULT_BASE_PATH = "/store"
 DEFAULT_ISSUER_NAME = "casa"
@@ -219,16 +219,26 @@ def htcondor_mapfile_lines(issuer_url: str, users: Iterable[str] | None = None) 
     """``CERTIFICATE_MAPFILE`` lines mapping tokens of this issuer to local users.
 
     HTCondor authenticates a token as ``<iss>,<sub>``. Without ``users``, one line maps every
-    subject (a hub username without ``@``) to the user of the same name; with ``users``, one line
-    per user, so other subjects stay unmapped.
+    subject that is also a valid account name to the user of the same name (hub usernames with
+    ``@``, e.g. e-mail addresses, stay unmapped: no Unix account has such a name); with ``users``,
+    one line per entry, so other subjects stay unmapped. An entry is a local user whose name is
+    the subject, or ``SUBJECT=LOCAL_USER`` for any hub username (``carol.higgs@uni.example=chiggs``).
     """
     issuer = pcre_literal(check_issuer_url(issuer_url))
     if users is None:
-        return [f"SCITOKENS /^{issuer},({_MAPPED_SUBJECT})$/ \\1"]
+        return ["# subjects with '@' (e-mail style hub usernames) are not mapped by this line; "
+                "map each with --user NAME=LOCAL_USER",
+                f"SCITOKENS /^{issuer},({_MAPPED_SUBJECT})$/ \\1"]
     lines = []
-    for user in users:
-        _check_choice(user, _UNIX_USER, "user", "a local Unix account name, lower case")
-        lines.append(f"SCITOKENS /^{issuer},{pcre_literal(user)}$/ {user}")
+    for entry in users:
+        subject, _, local = entry.partition("=") if "=" in entry else (entry, "=", entry)
+        try:
+            check_username(subject)
+        except UnsafeUsername as e:
+            raise SiteConfigError(f"user {subject!r} is not a hub username: {e}") from None
+        _check_choice(local, _UNIX_USER, "user", "a local Unix account name, lower case (NAME=LOCAL_USER "
+                      "maps any hub username)")
+        lines.append(f"SCITOKENS /^{issuer},{pcre_literal(subject)}$/ {local}")
     if not lines:
         raise SiteConfigError("an empty list of users maps nobody; omit it to map every subject")
     return lines

@@ -1,11 +1,13 @@
 """Verifying facility tokens in a service (an MLflow auth plugin, a web app, a script).
 
 ``FacilityTokenVerifier`` checks a token the way XRootD's SciTokens plugin does, with the
-``scitokens`` library: the signature against the issuer's published keys (discovery document →
-``jwks_uri``, cached, fetched again when a token names an unknown ``kid``, at most once per
-``min_refetch_interval``), then ``iss``, ``aud``, ``exp``, ``nbf``, ``iat`` and the scopes
-(``scitokens.Enforcer``). Every refusal is one exception type, ``TokenRejected``, whose ``reason`` is a
-short label and whose message says what is wrong; neither ever contains the token.
+``scitokens`` library: the JOSE header (``alg``, ``kid``, no ``crit``), the signature against the issuer's
+published keys (discovery document → ``jwks_uri``, cached, fetched again when a token names an unknown
+``kid``, at most once per ``min_refetch_interval``), the time claims (integer ``exp``, ``iat`` and ``nbf``,
+lifetime at most ``max_lifetime``, current within ``leeway``; ``casa_hub.tokens.claims_policy``, the rules
+the MLflow plugin applies too), then ``iss``, ``aud`` and the scopes (``scitokens.Enforcer``). Every refusal
+is one exception type, ``TokenRejected``, whose ``reason`` is a short label and whose message says what is
+wrong; neither ever contains the token.
 
     verifier = FacilityTokenVerifier("https://hub.example.org/hub/casa-issuer", audience="mlflow")
     claims = verifier.verify(token)                          # or raises TokenRejected
@@ -22,25 +24,39 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import jwt
 import requests
 import scitokens
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from scitokens.scitokens import InvalidAuthorizationResource, ValidationFailure
-from scitokens.utils.errors import SciTokensException
+
+from casa_hub.tokens.claims_policy import (
+    ALLOWED_ALGORITHMS,
+    DEFAULT_LEEWAY,
+    DEFAULT_MAX_LIFETIME,
+    TokenRejected,
+    check_header,
+    check_settings,
+    check_times,
+    is_expired,
+    is_in_future,
+    read_header,
+)
+
+__all__ = [
+    "ALLOWED_ALGORITHMS", "AUTHZ_ALIASES", "MAX_TOKEN_BYTES", "REASONS", "REQUIRED_CLAIMS",
+    "FacilityTokenVerifier", "TokenRejected", "fetch_json", "url_allowed",
+]
 
 log = logging.getLogger("casa_hub.tokens.verifier")
 
-#: algorithms facility tokens may use (the issuer signs with ES256 or RS256)
-ALLOWED_ALGORITHMS = ("ES256", "RS256")
 #: tokens longer than this are refused before any parsing
 MAX_TOKEN_BYTES = 16 * 1024
 #: claims every facility token carries (WLCG Common JWT Profile)
-REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "scope")
+REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope")
 #: what ``test(token, authz, path)`` accepts in a token's scope for a SciTokens-style ``authz``
 AUTHZ_ALIASES = {
     "read": ("read", "storage.read"),
@@ -48,21 +64,17 @@ AUTHZ_ALIASES = {
 }
 #: the ``reason`` labels of TokenRejected
 REASONS = (
-    "too_large", "malformed", "disallowed_alg", "missing_kid", "unknown_kid", "keys_unavailable",
-    "bad_signature", "expired", "not_yet_valid", "missing_claim", "wrong_issuer", "wrong_audience",
-    "invalid_claims", "invalid_scope", "insufficient_scope",
+    "too_large", "malformed", "disallowed_alg", "unsupported_crit", "missing_kid", "unknown_kid",
+    "keys_unavailable", "bad_signature", "missing_claim", "invalid_time_claim", "lifetime_too_long", "expired",
+    "not_yet_valid", "wrong_issuer", "wrong_audience", "invalid_claims", "invalid_scope", "insufficient_scope",
 )
+#: pyjwt checks left to ``claims_policy`` (time claims, with leeway) and to ``_verify`` (iss, aud)
+_DECODE_OPTIONS = {"verify_signature": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                   "verify_aud": False, "verify_iss": False}
 
+PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _MAX_DOCUMENT_BYTES = 1024 * 1024
-
-
-class TokenRejected(Exception):
-    """A token is refused. ``reason`` is one of ``REASONS``; ``str()`` explains it to a person."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def url_allowed(url: str, allow_insecure_http: bool = False) -> bool:
@@ -91,8 +103,8 @@ def fetch_json(url: str, timeout: float = 10.0) -> Any:
     return json.loads(body)
 
 
-def _public_pem(jwk: Mapping[str, Any]) -> tuple[str, bytes]:
-    """(alg, PEM public key) of a published JWK; ValueError if it is not a usable signing key."""
+def _public_key(jwk: Mapping[str, Any]) -> tuple[str, PublicKey]:
+    """(alg, public key) of a published JWK; ValueError if it is not a usable signing key."""
     if jwk.get("use", "sig") != "sig":
         raise ValueError("not a signing key")
     key = jwt.PyJWK(dict(jwk)).key
@@ -104,8 +116,28 @@ def _public_pem(jwk: Mapping[str, Any]) -> tuple[str, bytes]:
         raise ValueError("only EC P-256 and RSA (2048 bits or more) keys are accepted")
     if jwk.get("alg", alg) != alg:
         raise ValueError(f"key says alg {jwk.get('alg')!r} but is a {alg} key")
-    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return alg, pem
+    return alg, key
+
+
+class _Enforcer(scitokens.Enforcer):
+    """``scitokens.Enforcer`` with the time rules of ``claims_policy`` (integers, ``leeway``) instead of its own."""
+
+    def __init__(self, issuer: str, audience: list[str], leeway: int) -> None:
+        self.leeway = leeway
+        super().__init__(issuer, audience=audience)
+
+    def _validate_exp(self, value: Any) -> bool:
+        return _is_int(value) and not is_expired(value, self._now, self.leeway)
+
+    def _validate_nbf(self, value: Any) -> bool:
+        return _is_int(value) and not is_in_future(value, self._now, self.leeway)
+
+    def _validate_iat(self, value: Any) -> bool:
+        return _is_int(value) and not is_in_future(value, self._now, self.leeway)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class FacilityTokenVerifier:
@@ -119,6 +151,10 @@ class FacilityTokenVerifier:
     ``cache_seconds``: keys are fetched again after this long (the issuer serves max-age 300).
     ``min_refetch_interval``: at most one fetch per this many seconds, whatever tokens arrive.
     ``extra_claims``: further claim names to accept without checking (scitokens refuses unknown claims).
+    ``max_lifetime``: the longest ``exp - iat`` accepted, in seconds (default and upper bound 21600, 6 h:
+    the WLCG profile's maximum and the issuer's).
+    ``leeway``: seconds of clock difference tolerated for ``exp``, ``iat``, ``nbf`` and the lifetime
+    (default 30, at most 300).
     """
 
     def __init__(
@@ -134,6 +170,8 @@ class FacilityTokenVerifier:
         max_token_bytes: int = MAX_TOKEN_BYTES,
         extra_claims: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
+        leeway: int = DEFAULT_LEEWAY,
     ) -> None:
         self.issuer = issuer.rstrip("/")
         if jwks is None and not url_allowed(self.issuer, allow_insecure_http):
@@ -151,8 +189,9 @@ class FacilityTokenVerifier:
         self.max_token_bytes = max_token_bytes
         self.extra_claims = tuple(extra_claims)
         self.clock = clock
+        self.max_lifetime, self.leeway = check_settings(max_lifetime, leeway)
         self.fetch_count = 0
-        self._keys: dict[str, tuple[str, bytes]] = {}
+        self._keys: dict[str, tuple[str, PublicKey]] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._static = jwks is not None
@@ -166,7 +205,12 @@ class FacilityTokenVerifier:
     def discovery_url(self) -> str:
         return f"{self.issuer}/.well-known/openid-configuration"
 
-    def _parse_jwks(self, doc: Any) -> dict[str, tuple[str, bytes]]:
+    @property
+    def known_kids(self) -> frozenset[str]:
+        """The key ids of the issuer's keys known now (without fetching)."""
+        return frozenset(self._keys)
+
+    def _parse_jwks(self, doc: Any) -> dict[str, tuple[str, PublicKey]]:
         if not isinstance(doc, Mapping) or not isinstance(doc.get("keys"), list):
             raise ValueError("the JWKS document has no 'keys' list")
         keys = {}
@@ -175,12 +219,12 @@ class FacilityTokenVerifier:
             if not isinstance(kid, str) or not kid:
                 continue
             try:
-                keys[kid] = _public_pem(jwk)
+                keys[kid] = _public_key(jwk)
             except (ValueError, jwt.PyJWKError) as e:
                 log.warning("ignoring key %s published by %s: %s", kid, self.issuer, e)
         return keys
 
-    def _download_keys(self) -> dict[str, tuple[str, bytes]]:
+    def _download_keys(self) -> dict[str, tuple[str, PublicKey]]:
         self.fetch_count += 1
         discovery = self.fetch(self.discovery_url)
         if not isinstance(discovery, Mapping) or str(discovery.get("issuer", "")).rstrip("/") != self.issuer:
@@ -209,7 +253,7 @@ class FacilityTokenVerifier:
             self._keys, self._fetched_at = keys, now
             return True
 
-    def _key_for(self, kid: str) -> tuple[str, bytes]:
+    def _key_for(self, kid: str) -> tuple[str, PublicKey]:
         if not self._static:
             stale = self._fetched_at is None or self.clock() - self._fetched_at >= self.cache_seconds
             if stale or kid not in self._keys:
@@ -223,7 +267,7 @@ class FacilityTokenVerifier:
     # ---- verification ---------------------------------------------------------------------------
 
     def _enforcer(self) -> scitokens.Enforcer:
-        enforcer = scitokens.Enforcer(self.issuer, audience=self.audiences)
+        enforcer = _Enforcer(self.issuer, self.audiences, self.leeway)
         enforcer.add_validator("wlcg.ver", lambda v: v == "1.0")
         enforcer.add_validator("wlcg.groups", lambda v: isinstance(v, list) and all(isinstance(g, str) for g in v))
         for claim in self.extra_claims:
@@ -243,31 +287,26 @@ class FacilityTokenVerifier:
         token = token.strip()
         if not _JWT_SHAPE.fullmatch(token):
             raise TokenRejected("malformed", "the token is not a JWT (three base64url parts)")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise TokenRejected("malformed", "the token's header is not valid JSON") from None
-        alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
-            raise TokenRejected("disallowed_alg", f"algorithm {alg!r} is not allowed; use one of {ALLOWED_ALGORITHMS}")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise TokenRejected("missing_kid", "the token's header has no key id (kid)")
-        key_alg, pem = self._key_for(kid)
+        header = read_header(token)
+        kid = check_header(header)  # alg, crit, kid: before any key is looked up or fetched
+        alg = header["alg"]
+        key_alg, key = self._key_for(kid)
         if key_alg != alg:
             raise TokenRejected("disallowed_alg", f"the token says {alg} but its key is a {key_alg} key")
         try:
-            return scitokens.SciToken.deserialize(token, audience=self.audiences, public_key=pem)
+            claims = jwt.decode(token, key, algorithms=[key_alg], options=_DECODE_OPTIONS)
         except jwt.InvalidSignatureError:
             raise TokenRejected("bad_signature", "the token's signature does not match its key") from None
-        except jwt.ExpiredSignatureError:
-            raise TokenRejected("expired", "the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenRejected("not_yet_valid", "the token is not valid yet (nbf or iat in the future)") from None
         except jwt.InvalidAlgorithmError:
             raise TokenRejected("disallowed_alg", "the token's algorithm is not allowed") from None
-        except (jwt.InvalidTokenError, SciTokensException, ValueError):
+        except (jwt.InvalidTokenError, ValueError):
             raise TokenRejected("malformed", "the token's payload cannot be read") from None
+        check_times(claims, max_lifetime=self.max_lifetime, leeway=self.leeway)
+        # what scitokens.SciToken.deserialize builds after its own jwt.decode, which has no leeway
+        parsed = scitokens.SciToken(algorithm=key_alg, key_id=kid)
+        parsed._verified_claims = claims
+        parsed._serialized_token = token
+        return parsed
 
     def _verify(self, token: str | bytes) -> scitokens.SciToken:
         parsed = self._parse(token)

@@ -141,6 +141,8 @@ BAD_TOKENS = {
                                             "disallowed_alg"),
     "missing kid": (lambda f: f.sign(headers={"typ": "JWT"}), "missing_kid"),
     "unknown kid": (lambda f: f.sign(headers={"kid": "not-published"}, key=foreign_ec_key()), "unknown_kid"),
+    "unknown kid, real key": (lambda f: f.sign(headers={"kid": "not-published", "typ": "JWT"}), "unknown_kid"),
+    'crit: ["exp"]': (lambda f: f.sign(headers={"kid": f.kid, "typ": "JWT", "crit": ["exp"]}), "unsupported_crit"),
     # signature
     "foreign key, real kid": (lambda f: f.sign(key=foreign_ec_key()), "bad_signature"),
     "sub changed after signing": (lambda f: replace_payload(f.sign(), f.claims(sub="bob")), "bad_signature"),
@@ -152,6 +154,13 @@ BAD_TOKENS = {
                                          exp=int(time.time()) - 100)), "expired"),
     "nbf in the future": (lambda f: f.sign(f.claims(nbf=int(time.time()) + 600)), "not_yet_valid"),
     "iat in the future": (lambda f: f.sign(f.claims(iat=int(time.time()) + 600)), "not_yet_valid"),
+    "7 h lifetime": (lambda f: f.sign(f.claims(exp=int(time.time()) - 1 + 7 * 3600)), "lifetime_too_long"),
+    "exp = 2**53": (lambda f: f.sign(f.claims(exp=2**53)), "lifetime_too_long"),
+    "exp as a string": (lambda f: f.sign(f.claims(exp=str(int(time.time()) + 600))), "invalid_time_claim"),
+    "exp as a float": (lambda f: f.sign(f.claims(exp=float(int(time.time()) + 600))), "invalid_time_claim"),
+    "iat as a float": (lambda f: f.sign(f.claims(iat=float(int(time.time()) - 1))), "invalid_time_claim"),
+    "nbf as a string": (lambda f: f.sign(f.claims(nbf=str(int(time.time()) - 1))), "invalid_time_claim"),
+    "no nbf": (lambda f: f.sign(f.claims(nbf=None)), "missing_claim"),
     # claims
     "wrong issuer": (lambda f: f.sign(f.claims(iss="http://127.0.0.1:1/hub/casa-issuer")), "wrong_issuer"),
     "wrong audience": (lambda f: f.sign(f.claims(aud="casa-demo-htcondor")), "wrong_audience"),
@@ -181,6 +190,13 @@ def test_forge_makes_genuine_tokens(forge, verifier):
     """The forging fixture signs with the hub's real key: its unmodified token is accepted."""
     claims = verifier.verify(forge.sign())
     assert claims["sub"] == "alice" and claims["iss"] == forge.issuer_url
+
+
+@pytest.mark.e2e
+def test_a_token_of_exactly_6_hours_verifies(forge, verifier):
+    now = int(time.time())
+    claims = verifier.verify(forge.sign(forge.claims(iat=now, nbf=now, exp=now + 6 * 3600)))
+    assert claims["exp"] - claims["iat"] == 21600
 
 
 @pytest.mark.e2e

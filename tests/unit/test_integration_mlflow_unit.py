@@ -287,27 +287,84 @@ def foreign_token(issuer: CasaTokenIssuer, same_kid: bool) -> str:
                       headers={"kid": kid, "typ": "JWT"})
 
 
-REFUSED = {
-    "expired": (lambda i: i.mint("alice", "mlflow", now=time.time() - 3600).token, "expired"),
-    "wrong audience": (lambda i: i.mint("alice", "xcache").token, "wrong_audience"),
-    "foreign key, real kid": (lambda i: foreign_token(i, True), "bad_signature"),
-    "foreign key": (lambda i: foreign_token(i, False), "unknown_kid"),
-    "not a JWT": (lambda i: "garbage", "malformed"),
+def real_key_token(issuer: CasaTokenIssuer, header: dict | None = None, **claims) -> str:
+    """Signed with the issuer's REAL key: a real mint's claims changed by ``claims`` (None removes one),
+    ``header`` merged over ``{"kid": <the real kid>, "typ": "JWT"}`` (None removes a parameter)."""
+    body = {k: v for k, v in {**issuer.mint("alice", "mlflow").claims, **claims}.items() if v is not None}
+    key = issuer.signing_key
+    headers = {k: v for k, v in {"kid": key.kid, "typ": "JWT", **(header or {})}.items() if v is not None}
+    return jwt.encode(body, key.private_key, algorithm=key.alg, headers=headers)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+REFUSED = {  # case: (token maker, reason, part of the answer's message)
+    "expired": (lambda i: i.mint("alice", "mlflow", now=time.time() - 3600).token, "expired", "has expired"),
+    "wrong audience": (lambda i: i.mint("alice", "xcache").token, "wrong_audience", "not meant for"),
+    "foreign key, real kid": (lambda i: foreign_token(i, True), "bad_signature", "does not match its key"),
+    "foreign key": (lambda i: foreign_token(i, False), "unknown_kid", "not published"),
+    "not a JWT": (lambda i: "garbage", "malformed", "not a JWT"),
+    # signed with the real key, one odd header parameter or time claim each
+    "7 h lifetime": (lambda i: real_key_token(i, iat=now() - 60, nbf=now() - 60, exp=now() - 60 + 7 * 3600),
+                     "lifetime_too_long", "longer than the maximum of 21600 s"),
+    "exp = 2**53": (lambda i: real_key_token(i, exp=2**53), "lifetime_too_long", "longer than the maximum"),
+    "exp as a string": (lambda i: real_key_token(i, exp=str(now() + 600)), "invalid_time_claim", "exp is a str"),
+    "exp as a float": (lambda i: real_key_token(i, exp=float(now() + 600)), "invalid_time_claim",
+                       "exp is a float"),
+    "iat as a float": (lambda i: real_key_token(i, iat=float(now())), "invalid_time_claim", "iat is a float"),
+    "nbf as a string": (lambda i: real_key_token(i, nbf=str(now())), "invalid_time_claim", "nbf is a str"),
+    "missing kid": (lambda i: real_key_token(i, {"kid": None}), "missing_kid", "no key id"),
+    "unknown kid": (lambda i: real_key_token(i, {"kid": "not-published"}), "unknown_kid", "not published"),
+    'crit: ["exp"]': (lambda i: real_key_token(i, {"crit": ["exp"]}), "unsupported_crit", "crit"),
+    "iat in the future": (lambda i: real_key_token(i, iat=now() + 600, exp=now() + 1200), "not_yet_valid",
+                          "issued in the future (iat)"),
 }
 
 
 @pytest.mark.parametrize("case", REFUSED)
 def test_bad_tokens_get_401_without_the_token_in_answer_or_log(flask_app, issuer, store, caplog, case):
-    make, reason = REFUSED[case]
+    make, reason, message = REFUSED[case]
     token = make(issuer)
     caplog.set_level(logging.DEBUG)
     result = call(flask_app, make_auth(issuer, store), f"Bearer {token}")
     assert isinstance(result, Response) and result.status_code == 401, f"a {case} token must be refused"
     assert result.headers["WWW-Authenticate"] == 'Bearer realm="mlflow", error="invalid_token"'
     body = result.get_data(as_text=True)
-    assert f"({reason})" in body, "the answer says why, so a person can act on it"
+    assert f"({reason})" in body, f"the answer says why, so a person can act on it: {body}"
+    assert message in body
     assert token not in body and token not in caplog.text, "no token value in answers or logs"
     assert f"refused a facility token for /api/2.0/mlflow/runs/create: {reason}" in caplog.text
+
+
+def test_a_token_of_exactly_6_hours_is_accepted(flask_app, issuer, store):
+    t = now()
+    result = call(flask_app, make_auth(issuer, store), f"Bearer {real_key_token(issuer, iat=t, nbf=t, exp=t + 21600)}")
+    assert isinstance(result, Authorization) and result.username == "alice"
+
+
+def test_the_servers_lifetime_and_leeway_apply_whatever_verifier_it_was_given(flask_app, issuer, store, caplog):
+    """make_auth gives FacilityTokenAuth a verifier with the default policy (6 h, 30 s): the server's own
+    settings are still applied to every token."""
+    normal = issuer.mint("alice", "mlflow").token  # 20 minutes
+    t = now()
+    early = real_key_token(issuer, iat=t + 20, nbf=t + 20, exp=t + 620)  # the issuer's clock 20 s ahead
+    assert call(flask_app, make_auth(issuer, store), f"Bearer {normal}").username == "alice"
+    assert call(flask_app, make_auth(issuer, store), f"Bearer {early}").username == "alice", "within 30 s"
+    short = call(flask_app, make_auth(issuer, store, max_lifetime=600), f"Bearer {normal}")
+    assert isinstance(short, Response) and short.status_code == 401
+    assert "(lifetime_too_long)" in short.get_data(as_text=True) and "maximum of 600 s" in short.get_data(as_text=True)
+    strict = call(flask_app, make_auth(issuer, store, leeway=0), f"Bearer {early}")
+    assert isinstance(strict, Response) and "(not_yet_valid)" in strict.get_data(as_text=True)
+    assert "refused a facility token for /api/2.0/mlflow/runs/create: lifetime_too_long" in caplog.text
+
+
+def test_the_verifier_the_server_builds_has_its_settings():
+    auth = FacilityTokenAuth(ServerAuthSettings(ISS, ("mlflow.test",), max_lifetime=3600, leeway=5))
+    assert (auth.verifier.max_lifetime, auth.verifier.leeway) == (3600, 5)
+    default = FacilityTokenAuth(ServerAuthSettings(ISS, ("mlflow.test",)))
+    assert (default.verifier.max_lifetime, default.verifier.leeway) == (21600, 30)
 
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer   ", "Basic YWRtaW46cGFzc3dvcmQxMjM0"])
@@ -370,6 +427,17 @@ def test_settings_from_env_win_over_the_auth_ini(tmp_path):
     s = ServerAuthSettings.load({"MLFLOW_AUTH_CONFIG_PATH": str(ini), "CASA_MLFLOW_ISSUER": ISS,
                                  "CASA_MLFLOW_AUDIENCE": "mlflow.test"})
     assert (s.issuer, s.audiences, s.required_scope) == (ISS, ("mlflow.test",), "mlflow.write")
+    assert (s.max_lifetime, s.leeway) == (21600, 30), "defaults: the WLCG maximum of 6 h, 30 s of leeway"
+
+
+def test_lifetime_and_leeway_from_the_ini_or_the_env(tmp_path):
+    ini = tmp_path / "auth.ini"
+    ini.write_text(f"[casa_hub]\nissuer = {ISS}\naudience = mlflow.test\nmax_lifetime = 3600\nleeway = 10\n")
+    s = ServerAuthSettings.load({"MLFLOW_AUTH_CONFIG_PATH": str(ini)})
+    assert (s.max_lifetime, s.leeway) == (3600, 10)
+    s = ServerAuthSettings.load({"MLFLOW_AUTH_CONFIG_PATH": str(ini), "CASA_MLFLOW_MAX_LIFETIME": "1200",
+                                 "CASA_MLFLOW_LEEWAY": "0"})
+    assert (s.max_lifetime, s.leeway) == (1200, 0), "the environment wins over the ini, and 0 is a value"
 
 
 @pytest.mark.parametrize("env, message", [
@@ -377,6 +445,14 @@ def test_settings_from_env_win_over_the_auth_ini(tmp_path):
     ({"CASA_MLFLOW_ISSUER": ISS}, "set CASA_MLFLOW_AUDIENCE"),
     ({"CASA_MLFLOW_ISSUER": ISS, "CASA_MLFLOW_AUDIENCE": "a", "CASA_MLFLOW_REQUIRED_SCOPE": "read:data"},
      "must be `name` or `name:/path`"),
+    ({"CASA_MLFLOW_ISSUER": ISS, "CASA_MLFLOW_AUDIENCE": "a", "CASA_MLFLOW_MAX_LIFETIME": "7h"},
+     r"max_lifetime \(CASA_MLFLOW_MAX_LIFETIME\) must be a whole number of seconds"),
+    ({"CASA_MLFLOW_ISSUER": ISS, "CASA_MLFLOW_AUDIENCE": "a", "CASA_MLFLOW_MAX_LIFETIME": "25200"},
+     r"max_lifetime: a whole number of seconds from 1 to 21600 .* \(set CASA_MLFLOW_MAX_LIFETIME"),
+    ({"CASA_MLFLOW_ISSUER": ISS, "CASA_MLFLOW_AUDIENCE": "a", "CASA_MLFLOW_LEEWAY": "-5"},
+     r"leeway \(CASA_MLFLOW_LEEWAY\) must be a whole number"),
+    ({"CASA_MLFLOW_ISSUER": ISS, "CASA_MLFLOW_AUDIENCE": "a", "CASA_MLFLOW_LEEWAY": "3600"},
+     r"leeway: a whole number of seconds from 0 to 300, got 3600 \(set CASA_MLFLOW_LEEWAY"),
 ])
 def test_missing_or_bad_settings_name_what_to_set(env, message):
     with pytest.raises(ConfigError, match=message):

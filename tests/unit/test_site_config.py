@@ -163,7 +163,22 @@ def test_htcondor_explicit_users():
         r"SCITOKENS /^https\:\/\/hub\.example\.org\/hub\/casa\-issuer,bob$/ bob",
     ]
     assert mapfile_regex(lines[0])[0].fullmatch(f"{ISSUER},alice")
-    for users, message in ((["Alice"], "not allowed here"), (["a b"], "not allowed here"), ([], "maps nobody")):
+    for users, message in ((["Alice"], "not allowed here"), (["a b"], "not a hub username"), ([], "maps nobody")):
+        with pytest.raises(SiteConfigError, match=message):
+            htcondor_mapfile_lines(ISSUER, users)
+
+
+def test_htcondor_maps_e_mail_style_hub_usernames_to_local_users():
+    """Every username the hub accepts (e-mail style ones too) can be mapped: NAME=LOCAL_USER."""
+    lines = htcondor_mapfile_lines(ISSUER, ["carol.higgs@uni.example=chiggs", "alice"])
+    regex, canonical = mapfile_regex(lines[0])
+    assert canonical == "chiggs" and regex.fullmatch(f"{ISSUER},carol.higgs@uni.example")
+    assert not regex.fullmatch(f"{ISSUER},carolXhiggs@uni.example"), "the dot is literal"
+    assert mapfile_regex(lines[1])[1] == "alice"
+    catch_all = htcondor_mapfile_lines(ISSUER)
+    assert catch_all[0].startswith("# subjects with '@'") and "--user NAME=LOCAL_USER" in catch_all[0]
+    for users, message in ((["carol@x=Carol"], "local Unix account name"), (["../x=carol"], "not a hub username"),
+                           (["a\nb=carol"], "not a hub username")):
         with pytest.raises(SiteConfigError, match=message):
             htcondor_mapfile_lines(ISSUER, users)
 

@@ -7,7 +7,11 @@ for every protected request, inside Flask's request context, and expects a
 
 - takes ``Authorization: Bearer <token>`` and verifies the token with ``FacilityTokenVerifier``
   (signature against the issuer's published keys, issuer, audience, expiry, not-before, and an
-  optional required scope);
+  optional required scope), then applies ``casa_hub.tokens.claims_policy`` with this server's
+  ``max_lifetime`` and ``leeway`` (also when the verifier was given to ``FacilityTokenAuth`` ready-made):
+  ``kid`` present and published, no ``crit`` header, only ES256/RS256; ``exp``, ``iat`` and ``nbf``
+  present and integers; ``exp - iat`` at most ``max_lifetime`` (+ ``leeway``); ``exp`` not past and
+  ``iat``/``nbf`` not future by more than ``leeway``;
 - answers 401 with ``WWW-Authenticate: Bearer`` for no token and for a foreign, forged, expired or
   wrong-audience token, and 403 when a required scope is missing; neither the answer nor the log
   ever contains the token;
@@ -26,6 +30,10 @@ env var                         ini key            meaning
 ``CASA_MLFLOW_AUDIENCE``        ``audience``       accepted audience(s), space- or comma-separated; required
 ``CASA_MLFLOW_REQUIRED_SCOPE``  ``required_scope`` a scope every token must carry, e.g. ``mlflow.write``
 ``CASA_MLFLOW_ADMIN_GROUPS``    ``admin_groups``   groups whose members are MLflow admins
+``CASA_MLFLOW_MAX_LIFETIME``    ``max_lifetime``   longest accepted token lifetime ``exp - iat`` in seconds,
+                                                   1 to 21600; default 21600 (6 h, the WLCG profile's maximum)
+``CASA_MLFLOW_LEEWAY``          ``leeway``         clock difference tolerated for ``exp``/``iat``/``nbf`` and the
+                                                   lifetime, in seconds, 0 to 300; default 30
 =============================== ================== =====================================================
 """
 
@@ -44,6 +52,13 @@ from typing import Any, Protocol
 from flask import Response, g, make_response, request
 from werkzeug.datastructures import Authorization
 
+from casa_hub.tokens.claims_policy import (
+    DEFAULT_LEEWAY,
+    DEFAULT_MAX_LIFETIME,
+    check_settings,
+    check_token_times_and_header,
+    read_header,
+)
 from casa_hub.tokens.grants import UnsafeUsername, check_username
 from casa_hub.tokens.verifier import FacilityTokenVerifier, TokenRejected
 
@@ -55,6 +70,8 @@ SETTINGS = {  # setting -> env var; the ini key is the setting's name
     "audience": "CASA_MLFLOW_AUDIENCE",
     "required_scope": "CASA_MLFLOW_REQUIRED_SCOPE",
     "admin_groups": "CASA_MLFLOW_ADMIN_GROUPS",
+    "max_lifetime": "CASA_MLFLOW_MAX_LIFETIME",
+    "leeway": "CASA_MLFLOW_LEEWAY",
 }
 INI_SECTION = "casa_hub"
 _SCOPE = re.compile(r"[A-Za-z0-9_.-]+(:/[^\s:]*)?")  # ``name`` or ``name:/path``
@@ -75,6 +92,16 @@ class ServerAuthSettings:
     audiences: tuple[str, ...]
     required_scope: str | None = None
     admin_groups: frozenset[str] | None = None
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
+    leeway: int = DEFAULT_LEEWAY
+
+    def __post_init__(self) -> None:
+        try:
+            check_settings(self.max_lifetime, self.leeway)
+        except ValueError as e:
+            name = str(e).partition(":")[0]
+            raise ConfigError(f"casa_hub MLflow auth: {e} (set {SETTINGS.get(name, name)} or `{name}` in the "
+                              f"[{INI_SECTION}] section of the auth ini)") from None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, ini_path: str | None = None) -> ServerAuthSettings:
@@ -98,7 +125,18 @@ class ServerAuthSettings:
         if scope and not _SCOPE.fullmatch(scope):
             raise ConfigError(f"casa_hub MLflow auth: required_scope {scope!r} must be `name` or `name:/path`")
         groups = frozenset(g.strip("/") for g in _split(values["admin_groups"])) or None
-        return cls(values["issuer"], _split(values["audience"]), scope or None, groups)
+        seconds = {}
+        for name, default in (("max_lifetime", DEFAULT_MAX_LIFETIME), ("leeway", DEFAULT_LEEWAY)):
+            value = values[name]
+            if not value:
+                seconds[name] = default
+            elif not value.isascii() or not value.isdigit():
+                raise ConfigError(f"casa_hub MLflow auth: {name} ({SETTINGS[name]}) must be a whole number "
+                                  f"of seconds, got {value!r}")
+            else:
+                seconds[name] = int(value)
+        return cls(values["issuer"], _split(values["audience"]), scope or None, groups,
+                   seconds["max_lifetime"], seconds["leeway"])
 
 
 class UserStore(Protocol):
@@ -128,7 +166,8 @@ class FacilityTokenAuth:
     def __init__(self, settings: ServerAuthSettings, verifier: FacilityTokenVerifier | None = None,
                  store: UserStore | None = None, reserved: set[str] | None = None) -> None:
         self.settings = settings
-        self.verifier = verifier or FacilityTokenVerifier(settings.issuer, settings.audiences)
+        self.verifier = verifier or FacilityTokenVerifier(
+            settings.issuer, settings.audiences, max_lifetime=settings.max_lifetime, leeway=settings.leeway)
         self._store = store
         self._reserved = reserved
         self._lock = threading.Lock()
@@ -171,9 +210,14 @@ class FacilityTokenAuth:
     def _verify(self, token: str) -> dict[str, Any]:
         scope = self.settings.required_scope
         if not scope:
-            return self.verifier.verify(token)
-        authz, _, scope_path = scope.partition(":")
-        return self.verifier.authorize(token, authz, scope_path or None)
+            claims = self.verifier.verify(token)
+        else:
+            authz, _, scope_path = scope.partition(":")
+            claims = self.verifier.authorize(token, authz, scope_path or None)
+        # this server's header and time policy, whatever verifier was given (the signature is verified)
+        check_token_times_and_header(read_header(token), claims, known_kids=self.verifier.known_kids,
+                                     max_lifetime=self.settings.max_lifetime, leeway=self.settings.leeway)
+        return claims
 
     def _sync_user(self, username: str, claims: Mapping[str, Any]) -> None:
         """Create the MLflow user on first sight; keep ``is_admin`` in step with ``admin_groups``."""
