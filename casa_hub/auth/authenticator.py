@@ -165,12 +165,27 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
     refresh_retry_interval = Float(
         30.0,
         config=True,
-        help="""After a failed refresh because the provider was unreachable, wait this long before
-        trying again. The user stays signed in while the access token is valid.""",
+        help="""After a refresh failed because the provider was unreachable or failing, wait this
+        long (counted from the end of the failed attempt) before trying again.""",
     )
 
     refresh_timeout = Float(
-        10.0, config=True, help="Seconds to wait for the provider's token endpoint during a refresh."
+        30.0,
+        config=True,
+        help="""Seconds to wait for the provider's token endpoint during a refresh. Generous on
+        purpose: a refresh that times out after the provider received it may have spent the rotating
+        refresh token, so it is never sent again (see ``provider_outage_grace``).""",
+    )
+
+    provider_outage_grace = Float(
+        1800.0,
+        config=True,
+        help="""While the provider is unreachable or failing, keep a signed-in user's session, and
+        keep re-minting their facility tokens, for this many seconds after the provider's access
+        token expired (bounded by the refresh token's own expiry when the provider says it,
+        ``refresh_expires_in``). Long enough to ride out a provider restart. Afterwards the user must
+        sign in again, and the hub revokes the refresh token it holds (best effort). 0: the session
+        ends when the access token expires.""",
     )
 
     logout_from_provider = Bool(
@@ -464,7 +479,12 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
                 return refreshed
         if self._refresher is None:
             self._refresher = ProviderRefresher(self)
-        return await self._refresher.refresh_user(user)
+        result = await self._refresher.refresh_user(user)
+        if not result and handler is not None and not hasattr(handler, "_token_authenticated"):
+            # JupyterHub reads this attribute after a failed refresh of a cookie-authenticated
+            # request without ever having set it (a traceback per request otherwise)
+            handler._token_authenticated = False
+        return result
 
     # ---- logout ---------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ class OIDCAuthenticatorLike(Protocol):
     refresh_margin: float
     refresh_retry_interval: float
     refresh_timeout: float
+    provider_outage_grace: float
     revoke_at_logout: bool
     token_issuer: Any
     token_url: str

@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 from oauthenticator.oauth2 import OAuthLogoutHandler
 
 from casa_hub.auth.contract import OIDCAuthenticatorLike
-from casa_hub.auth.refresh import PROVIDER_TOKEN_KEYS
-from casa_hub.tokens.store import META_KEY, auth_state_lock
+from casa_hub.auth.provider_http import revoke_refresh_token
+from casa_hub.tokens.store import META_KEY, PROVIDER_TOKEN_KEYS, auth_state_lock
 
 
 class CasaLogoutHandler(OAuthLogoutHandler):
@@ -61,21 +61,7 @@ async def end_provider_tokens(auth: OIDCAuthenticatorLike, user: Any) -> None:
         state = await user.get_auth_state()
         if not state:
             return
-        refresh_token = state.get("refresh_token")
-        endpoint = auth._provider.revocation_endpoint if auth._provider else ""
-        if refresh_token and endpoint:
-            params = {"token": refresh_token, "token_type_hint": "refresh_token"}
-            if not auth.basic_auth:
-                params.update(client_id=auth.client_id, client_secret=auth.client_secret)
-            try:
-                await auth.httpfetch(
-                    endpoint, method="POST", headers=auth.build_token_info_request_headers(),
-                    body=urlencode(params).encode("utf-8"), parse_json=False,
-                    validate_cert=auth.validate_server_cert,
-                )
-            except Exception as e:  # the session ends either way
-                auth.log.warning("Could not revoke %s's refresh token at the provider (%s)",
-                                 user.name, getattr(e, "code", type(e).__name__))
+        await revoke_refresh_token(auth, user.name, state.get("refresh_token"))
         for key in PROVIDER_TOKEN_KEYS:
             state.pop(key, None)
         state.setdefault(META_KEY, {})["login_required"] = True

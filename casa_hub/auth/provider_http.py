@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlencode, urlparse, urlunparse
 
 from tornado import web
 from tornado.httpclient import HTTPClientError
@@ -86,3 +86,23 @@ async def fetch_userinfo(auth: Any, token_info: dict[str, Any], subject: str) ->
     if not isinstance(userinfo, dict) or userinfo.get("sub") != subject:
         raise ValueError("userinfo is for another subject than the ID token")
     return userinfo
+
+
+async def revoke_refresh_token(auth: Any, username: str, refresh_token: str | None) -> None:
+    """Revoke ``refresh_token`` at the provider's ``revocation_endpoint`` (RFC 7009), best effort:
+    a failure is logged (status only) and the caller goes on."""
+    endpoint = auth._provider.revocation_endpoint if auth._provider else ""
+    if not (refresh_token and endpoint):
+        return
+    params = {"token": refresh_token, "token_type_hint": "refresh_token"}
+    if not auth.basic_auth:
+        params.update(client_id=auth.client_id, client_secret=auth.client_secret)
+    try:
+        await auth.httpfetch(
+            endpoint, method="POST", headers=auth.build_token_info_request_headers(),
+            body=urlencode(params).encode("utf-8"), parse_json=False,
+            validate_cert=auth.validate_server_cert, request_timeout=auth.refresh_timeout,
+        )
+    except Exception as e:  # the session ends either way
+        auth.log.warning("Could not revoke %s's refresh token at the provider (%s)",
+                         username, getattr(e, "code", type(e).__name__))

@@ -4,8 +4,15 @@
   (``refresh_margin``), once per user at a time: concurrent requests and named servers wait for the
   same refresh, so a rotating refresh token is never used twice.
 * Each refresh re-mints the user's facility tokens and hands them to the user's running servers.
-* Provider down or slow: the user stays signed in while the access token is still valid and the
-  refresh is retried later; after that a new login is required.
+* Provider down, failing or slow: the session and the facility tokens are kept (re-minted as
+  usual) for ``provider_outage_grace`` after the access token expired (bounded by the refresh
+  token's expiry when known); the refresh is retried ``refresh_retry_interval`` after the end of
+  each failed attempt. Afterwards a new login is required and the refresh token is revoked (best
+  effort).
+* A refresh that timed out after the provider received it may have spent the rotating refresh
+  token (the provider answered, the answer was lost): that token is never sent again, since a
+  provider that detects its reuse revokes the whole grant. The session lives on within the grace;
+  then a new login is required. Connection failures (nothing was sent) are retried as usual.
 * Refresh token rejected (revoked, expired): a new login is required at once, and the token broker
   stops issuing tokens to the user's servers until then.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import socket
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -25,19 +33,24 @@ from casa_hub import metrics
 from casa_hub.auth.contract import OIDCAuthenticatorLike
 from casa_hub.auth.identity import IDENTITY_KEY, IdentityConflict, check_refresh
 from casa_hub.auth.oidc import OIDCError, verify_id_token
+from casa_hub.auth.provider_http import revoke_refresh_token
 from casa_hub.tokens.store import (
     AUTH_STATE_KEY,
     META_KEY,
+    PROVIDER_TOKEN_KEYS,
     auth_state_lock,
     login_required,
     store_minted,
 )
 
-PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "id_token", "token_response")
-
 
 class ProviderUnavailable(Exception):
-    """The provider could not be reached or failed (5xx); worth retrying later."""
+    """The provider could not be reached or failed (5xx); worth retrying later. ``delivered``: the
+    provider may have received (and processed) the request, so its refresh token may be spent."""
+
+    def __init__(self, message: str, delivered: bool = False) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 class RefreshRejected(Exception):
@@ -51,7 +64,21 @@ def provider_meta(token_info: dict, now: float, generation: int) -> dict[str, An
         expires_at = int(now + float(expires_in)) if expires_in is not None else None
     except (TypeError, ValueError):
         expires_at = None
-    return {"access_expires_at": expires_at, "refreshed_at": int(now), "generation": generation}
+    meta: dict[str, Any] = {"access_expires_at": expires_at, "refreshed_at": int(now), "generation": generation}
+    try:  # Keycloak and others say how long the refresh token lives
+        refresh_in = float(token_info.get("refresh_expires_in") or 0)
+    except (TypeError, ValueError):
+        refresh_in = 0
+    if refresh_in > 0:
+        meta["refresh_expires_at"] = int(now + refresh_in)
+    return meta
+
+
+def grace_ends(meta: dict[str, Any], access_expires_at: float, grace: float) -> float:
+    """Until when a session outlives a provider outage: ``grace`` after the access token expired,
+    but never past the refresh token's own expiry."""
+    end = access_expires_at + max(0.0, grace)
+    return min(end, meta["refresh_expires_at"]) if meta.get("refresh_expires_at") else end
 
 
 class ProviderRefresher:
@@ -83,8 +110,14 @@ class ProviderRefresher:
             expires_at = meta.get("access_expires_at")
             if expires_at is None or now < expires_at - self.auth.refresh_margin:
                 return await self._refresh_facility_tokens(user, state, now)
-            if now < self._retry_at.get(user.name, 0.0) and now < expires_at:
-                return True  # the provider failed a moment ago; keep the session, retry later
+            outage_end = grace_ends(meta, expires_at, self.auth.provider_outage_grace)
+            if meta.get("refresh_uncertain") or now < self._retry_at.get(user.name, 0.0):
+                # an uncertain refresh (never re-sent), or the provider failed a moment ago
+                if now < outage_end:
+                    return await self._refresh_facility_tokens(user, state, now)
+                why = ("an earlier refresh timed out after the provider received it" if meta.get("refresh_uncertain")
+                       else "the provider stayed unavailable")
+                return await self._end_session(user, state, f"{why} past the outage grace")
             refresh_token = state.get("refresh_token")
             if not refresh_token:
                 return now < expires_at or await self._require_login(user, state, "no refresh token")
@@ -93,19 +126,30 @@ class ProviderRefresher:
                 model = await self._refresh_with_provider(user, state, refresh_token, now)
             except ProviderUnavailable as e:
                 metrics.observe_refresh("provider_unavailable", time.monotonic() - started)
-                if now < expires_at:
-                    self._retry_at[user.name] = now + self.auth.refresh_retry_interval
+                self._retry_at[user.name] = time.time() + self.auth.refresh_retry_interval  # from the end
+                if e.delivered:
+                    state.setdefault(META_KEY, {})["refresh_uncertain"] = True
+                    await user.save_auth_state(state)
+                    self.log.warning("The refresh of %s's provider tokens timed out after the provider received "
+                                     "it; its refresh token is not sent again", user.name)
+                if now < outage_end:
                     self.log.warning(
-                        "Cannot refresh %s's provider tokens (%s); they stay signed in until %s and the "
-                        "refresh is retried", user.name, e, time.strftime("%H:%M:%S", time.localtime(expires_at)))
-                    return True
-                return await self._require_login(user, state, f"provider unavailable ({e}) and tokens expired")
+                        "Cannot refresh %s's provider tokens (%s); their session and facility tokens are kept "
+                        "until %s (outage grace) and the refresh is retried", user.name, e,
+                        time.strftime("%H:%M:%S", time.localtime(outage_end)))
+                    return await self._refresh_facility_tokens(user, state, time.time())
+                return await self._end_session(user, state, f"provider unavailable ({e}) past the outage grace")
             except RefreshRejected as e:
                 metrics.observe_refresh("rejected", time.monotonic() - started)
                 return await self._require_login(user, state, str(e))
             metrics.observe_refresh("ok", time.monotonic() - started)
             self._retry_at.pop(user.name, None)
             return model
+
+    async def _end_session(self, user: Any, state: dict, why: str) -> bool:
+        """The session must end: revoke the refresh token the hub holds (best effort), then require login."""
+        await revoke_refresh_token(self.auth, user.name, state.get("refresh_token"))
+        return await self._require_login(user, state, why)
 
     async def _require_login(self, user: Any, state: dict, why: str) -> bool:
         self.log.warning("%s must sign in again: %s", user.name, why)
@@ -151,9 +195,13 @@ class ProviderRefresher:
         except HTTPClientError as e:
             if 400 <= e.code < 500:
                 raise RefreshRejected(f"the provider refused the refresh token (HTTP {e.code})") from None
-            raise ProviderUnavailable(f"HTTP {e.code}") from None
+            if e.code == 599:  # tornado: "Timeout while connecting" (nothing sent) or "Timeout during request"
+                raise ProviderUnavailable(str(e), delivered="while connecting" not in str(e)) from None
+            raise ProviderUnavailable(f"HTTP {e.code}") from None  # the provider answered: nothing spent
+        except (ConnectionRefusedError, socket.gaierror) as e:
+            raise ProviderUnavailable(type(e).__name__) from None  # nothing was sent
         except (TimeoutError, OSError) as e:
-            raise ProviderUnavailable(type(e).__name__) from None
+            raise ProviderUnavailable(type(e).__name__, delivered=True) from None
         try:
             token_info = json.loads(response.body)
         except ValueError:

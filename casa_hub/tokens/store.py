@@ -16,6 +16,8 @@ from casa_hub.tokens.issuer import CasaTokenIssuer, MintedToken
 AUTH_STATE_KEY = "casa_tokens"
 #: the authenticator's bookkeeping in auth_state (no secrets): access token expiry, refresh state
 META_KEY = "casa_oidc"
+#: the provider's tokens in auth_state (dropped when a session ends; never leave the hub)
+PROVIDER_TOKEN_KEYS = ("access_token", "refresh_token", "id_token", "token_response")
 
 _locks: dict[str, asyncio.Lock] = {}
 

@@ -19,10 +19,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from html import unescape
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import jwt
@@ -30,6 +27,7 @@ import pytest
 import requests
 from facilities import make_facility
 from helpers import FORM_ACTION, admin_api, http_login, start_login, submit_login
+from token_proxy import TokenProxy
 
 from casa_hub.demo.facility import PROVIDER_SCRIPT, DemoFacility, _http_status, free_port
 
@@ -40,47 +38,6 @@ HOSTILE_NAMES = {"dots": "../bob", "slash": "a/b", "newline": "alice\nadmin", "n
 
 
 # ---- a token endpoint proxy that can rewrite the provider's answer -------------------------------
-
-class TokenProxy(ThreadingHTTPServer):
-    """Forwards POST /token to ``upstream``; ``rewrite`` may change a successful JSON answer."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream = ""
-        self.rewrite = None
-        self.answers: list[tuple[int, dict]] = []  # what the provider answered, in order
-        self.secrets: set[str] = set()  # every token value that went through, for leak checks
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/token"
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        proxy: TokenProxy = self.server
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        headers = {k: self.headers[k] for k in ("Content-Type", "Authorization", "Accept") if self.headers[k]}
-        try:
-            with urllib.request.urlopen(urllib.request.Request(proxy.upstream, body, headers), timeout=30) as r:
-                status, answer = r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            status, answer = e.code, json.loads(e.read() or b"{}")
-        proxy.answers.append((status, answer))
-        proxy.secrets.update(v for k, v in answer.items() if k.endswith("_token") and isinstance(v, str))
-        if status == 200 and proxy.rewrite is not None:
-            answer = proxy.rewrite(answer)
-            proxy.secrets.add(answer["id_token"])
-        out = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: object) -> None:  # keep the test output free of request lines
-        pass
-
 
 # ---- helpers -------------------------------------------------------------------------------------
 

@@ -5,14 +5,22 @@ configured as an admin configures a hub: the shipped drop-ins reading a site fil
 loopback overlay, then this module's test overlay (an admin API service) and the test's own hub
 config files. ``site`` is merged into the site file, so tests change facility settings the way a
 site does. Each start is counted; the count is printed at the end of the run.
+
+Facilities that several modules share are session fixtures (``shared_facilities.py``); each stops
+right after the last test of the run that uses it (``release_after_last_use``), and each module
+leaves it as it found it (``stop_servers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+from helpers import admin_api
 
 from casa_hub.common.ports import free_port
 from casa_hub.demo.facility import DemoFacility
@@ -71,6 +79,46 @@ def running_facility(tmp_path_factory: Any, name: str, admin_token: str, *hub_co
                         hub_configs=hub_configs, **kw)
     with fac:
         yield fac
+
+
+def stop_servers(fac: DemoFacility, admin_token: str, *usernames: str, timeout: float = 90) -> None:
+    """Stop these users' servers, if any run, and wait until they are gone: what a module does when
+    it is done with a shared facility, so that the next module finds no server of theirs."""
+    for name in usernames:
+        r = admin_api(fac.hub_url, admin_token, f"/users/{name}")
+        if r.status_code == 200 and r.json().get("servers"):
+            admin_api(fac.hub_url, admin_token, f"/users/{name}/server", method="DELETE")
+    deadline = time.monotonic() + timeout
+    for name in usernames:
+        while (r := admin_api(fac.hub_url, admin_token, f"/users/{name}")).status_code == 200 and r.json()["servers"]:
+            assert time.monotonic() < deadline, f"{name}'s server did not stop within {timeout:.0f} s"
+            time.sleep(0.3)
+
+
+#: session fixtures of shared facilities -> how to stop them (``release_after_last_use``)
+_RELEASE: dict[str, Callable[[], None]] = {}
+#: fixture name -> the last test of the run that uses it (filled at the first teardown)
+_LAST_USER: dict[str, Any] = {}
+
+
+def release_after_last_use(fixture: str, stop: Callable[[], None]) -> None:
+    """Have ``stop`` called right after the teardown of the last test of the run that uses the session
+    fixture ``fixture`` (directly or through other fixtures), instead of at the end of the session:
+    a shared facility lives no longer than the module facilities it replaces did. ``stop`` must be
+    harmless to call again (the fixture's own teardown still runs at the end)."""
+    _RELEASE[fixture] = stop
+
+
+@pytest.hookimpl(trylast=True)  # after the runner's teardown of the test and of its module's fixtures
+def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
+    if not _RELEASE:
+        return
+    if not _LAST_USER:
+        for test in item.session.items:
+            for name in getattr(test, "fixturenames", ()):
+                _LAST_USER[name] = test
+    for name in [n for n in _RELEASE if _LAST_USER.get(n) is item]:
+        _RELEASE.pop(name)()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
