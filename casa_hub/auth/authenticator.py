@@ -44,7 +44,7 @@ from casa_hub.auth.logout import CasaLogoutHandler, end_provider_tokens, provide
 from casa_hub.auth.oidc import JWKSCache, OIDCError, ProviderMetadata, discover, verify_id_token
 from casa_hub.auth.provider_http import fetch_quietly, fetch_userinfo, token_request_failure
 from casa_hub.auth.refresh import ProviderRefresher, provider_meta
-from casa_hub.auth.roles import facility_admin_groups
+from casa_hub.auth.roles import FacilityAdminsMixin
 from casa_hub.common import logsafe
 from casa_hub.pages.facility_info import install_templates
 from casa_hub.pages.handlers import page_handlers
@@ -57,7 +57,7 @@ from casa_hub.tokens.store import META_KEY, store_minted
 _login_nonce: contextvars.ContextVar[str | None] = contextvars.ContextVar("casa_login_nonce")
 
 
-class CasaOIDCAuthenticator(GenericOAuthenticator):
+class CasaOIDCAuthenticator(FacilityAdminsMixin, GenericOAuthenticator):
     """OpenID Connect login for an analysis facility."""
 
     login_service = Unicode(
@@ -437,28 +437,6 @@ class CasaOIDCAuthenticator(GenericOAuthenticator):
             raise
         metrics.count_login("success" if user else "not_allowed")
         return user
-
-    async def update_auth_model(self, auth_model: dict) -> dict:
-        """oauthenticator's admin decision, except that ``admin_groups`` give the role
-        ``casa-facility-admin`` (no ``admin:auth_state``) instead of JupyterHub's admin flag."""
-        auth_model = await super().update_auth_model(auth_model)
-        if self.admin_groups and not self.admin_reads_auth_state and self._facility_admin_role():
-            auth_model["admin"] = auth_model["name"] in self.admin_users
-        return auth_model
-
-    def _facility_admin_role(self) -> bool:
-        """Whether the role ``casa-facility-admin`` is held by every group of ``admin_groups``
-        (the drop-ins define it from the site file); otherwise warn once and keep the admin flag."""
-        groups = facility_admin_groups(getattr(self.parent, "load_roles", None) or [])
-        if groups is not None and set(self.admin_groups) <= groups:
-            return True
-        if not getattr(self, "_warned_admin_role", False):
-            self._warned_admin_role = True
-            self.log.warning(
-                "admin_groups %s make JupyterHub admins, who can read users' provider tokens: set "
-                "admin_groups in the site file (the drop-ins then give them the role casa-facility-admin)",
-                sorted(self.admin_groups))
-        return False
 
     def build_auth_state_dict(self, token_info: dict, user_info: dict) -> dict:
         auth_state = super().build_auth_state_dict(token_info, user_info)

@@ -74,6 +74,13 @@ def provider_meta(token_info: dict, now: float, generation: int) -> dict[str, An
     return meta
 
 
+def without_auth_state(model: dict[str, Any]) -> dict[str, Any]:
+    """The model for JupyterHub without auth_state: it is saved already, under the user's lock.
+    JupyterHub then reads the current auth_state right before it saves the model, instead of
+    saving this copy later and bringing back a spent refresh token over a newer write."""
+    return {k: v for k, v in model.items() if k != "auth_state"}
+
+
 def grace_ends(meta: dict[str, Any], access_expires_at: float, grace: float) -> float:
     """Until when a session outlives a provider outage: ``grace`` after the access token expired,
     but never past the refresh token's own expiry."""
@@ -174,7 +181,7 @@ class ProviderRefresher:
         store_minted(state, minted, now)
         await user.save_auth_state(state)
         await self._notify_servers(user, state)
-        model: dict[str, Any] = {"name": user.name, "auth_state": state}
+        model: dict[str, Any] = {"name": user.name}
         if self.auth.manage_groups:  # JupyterHub requires groups in every model when it manages them
             model["groups"] = groups
         return model
@@ -257,7 +264,7 @@ class ProviderRefresher:
         self.log.info("Refreshed %s's provider tokens (generation %d) and re-minted %s",
                       user.name, generation, ", ".join(sorted(minted)) or "no facility tokens")
         await self._notify_servers(user, new_state)
-        return model
+        return without_auth_state(model)
 
     async def _userinfo(self, token_info: dict, subject: str) -> dict:
         """userinfo with the new access token: groups that only userinfo holds are read again, so

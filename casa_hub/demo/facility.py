@@ -183,8 +183,10 @@ class DemoFacility:
 
     def config_env(self) -> dict[str, str]:
         """The environment that loading the demo's hub config file needs (``casa-hub check``,
-        ``casa-hub site-config``, ``casa-hub explain`` on it): the state directory and the site file."""
-        return {"CASA_DEMO_STATE": str(self.state_dir), "CASA_SITE_CONFIG": str(self.state_dir / "site.json")}
+        ``casa-hub site-config``, ``casa-hub explain`` on it): the state directory, the site file and
+        what the extra config files read (``extra_env``)."""
+        return {**self.extra_env, "CASA_DEMO_STATE": str(self.state_dir),
+                "CASA_SITE_CONFIG": str(self.state_dir / "site.json")}
 
     def users(self) -> list[dict[str, Any]]:
         return json.loads((self.state_dir / "idp" / "users.json").read_text())
@@ -302,7 +304,6 @@ class DemoFacility:
             **self.config_env(),
             JUPYTERHUB_CRYPT_KEY=(self.state_dir / "secrets" / "crypt_key").read_text(),
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{base_env.get('PATH', '')}",
-            **self.extra_env,
         )
         self._spawn("hub", [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)], hub_env)
         self._wait_for("hub", f"{self.hub_url}/hub/api", lambda s: s == 200, timeout)
