@@ -7,10 +7,14 @@
   cross-site link (a GET with the user's cookies) or a POST without the token signs nobody out;
 - values from requests and from the provider cannot forge log lines (the audit ``mint`` line);
 - group names with control characters never reach JupyterHub's groups.
+
+The provider registers this hub's client with ``client_secret_post`` (``basic_auth: false`` in the
+site file): sign-in, refresh and revocation all authenticate that way.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from urllib.parse import quote
@@ -34,12 +38,14 @@ EXTRA_USERS = [
 
 @pytest.fixture(scope="module")
 def idp(tmp_path_factory, admin_token):
-    fac = make_facility(tmp_path_factory.mktemp("identity") / "state", admin_token, name="identity")
+    fac = make_facility(tmp_path_factory.mktemp("identity") / "state", admin_token, name="identity",
+                        site={"auth": {"basic_auth": False}})
     fac.prepare()
     users = [*fac.users(), *EXTRA_USERS]
     for u in users:
         u.setdefault("password", secrets.token_urlsafe(12))
-    fac.idp_overrides = {"users": users}
+    client = json.loads((fac.state_dir / "idp" / "config.json").read_text())["clients"][0]
+    fac.idp_overrides = {"users": users, "clients": [dict(client, token_endpoint_auth_method="client_secret_post")]}
     fac.passwords = {u["username"]: u["password"] for u in users}
     with fac:
         yield fac
@@ -151,3 +157,4 @@ def test_request_and_provider_values_cannot_forge_log_lines(idp, admin_token):
     every_line_is_a_record = [line for line in log.splitlines()
                               if "mallory" in line and not line.startswith("[")]
     assert every_line_is_a_record == [], every_line_is_a_record
+
