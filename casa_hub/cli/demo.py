@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-modules", default=None,
                         help="node_modules with oidc-provider and configurable-http-proxy")
     parser.add_argument("--no-dask", action="store_true", help="no Dask Gateway, no per-user Dask cluster")
+    parser.add_argument("--no-mlflow", action="store_true", help="no MLflow tracking server")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.state_dir), hub_port=args.port, idp_port=args.idp_port,
             node_modules=args.node_modules, progress=say,
             # a Dask cluster per user (Dask Gateway as a hub service) when dask-gateway-server is installed
-            dask=not args.no_dask,
+            dask=not args.no_dask, mlflow=not args.no_mlflow,
         )
     except DemoError as e:
         print(f"casa-hub demo: error: {e}", file=sys.stderr)
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(f"  The facility is running: open {facility.hub_url}/ in a browser.")
         print(f"  Identity provider: {facility.idp_url}   Token issuer: {facility.issuer_url}")
+        if facility.mlflow_enabled:
+            print(f"  MLflow tracking server: {facility.mlflow_url} (sign in with a facility token of the mlflow grant)")
         print("  Demo logins (username / password / groups):")
         for u in users:
             print(f"    {u['username']:<6} {u['password']:<14} {', '.join(u['groups'])}")

@@ -31,6 +31,7 @@ import psutil
 
 from casa_hub.common.files import write_private
 from casa_hub.common.ports import free_port, port_is_free
+from casa_hub.demo import mlflow_service
 
 HERE = Path(__file__).resolve().parent
 PROVIDER_SCRIPT = HERE / "oidc_provider.mjs"
@@ -108,6 +109,8 @@ class DemoFacility:
     site_overrides: dict[str, Any] = field(default_factory=dict)
     #: run Dask Gateway (local backend) as a hub service with a cluster per user
     dask: bool = False
+    #: run the facility's MLflow tracking server (casa_hub's auth plugin) when MLflow is installed
+    mlflow: bool = False
     #: the drop-in directory (default: ``jupyterhub_config.d/`` of this checkout)
     dropins_dir: Path | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -174,12 +177,27 @@ class DemoFacility:
             },
             "spawner_kind": "local",
         }
+        if self.mlflow_enabled:
+            extra = mlflow_service.site_sections(self.mlflow_url)
+            site["tokens"]["grants"].update(extra["tokens"]["grants"])
+            site["integrations"] = {"xcache": {}, **extra["integrations"]}
         for key, value in self.site_overrides.items():
             if isinstance(value, dict) and isinstance(site.get(key), dict):
                 site[key] = {**site[key], **value}
             else:
                 site[key] = value
         return site
+
+    @property
+    def mlflow_enabled(self) -> bool:
+        """MLflow asked for and installed."""
+        return self.mlflow and mlflow_service.mlflow_available()
+
+    @property
+    def mlflow_url(self) -> str:
+        settings = self.state_dir / "settings.json"
+        port = json.loads(settings.read_text()).get("mlflow_port") if settings.exists() else None
+        return f"http://127.0.0.1:{port}" if port else ""
 
     def config_env(self) -> dict[str, str]:
         """The environment that loading the demo's hub config file needs (``casa-hub check``,
@@ -239,6 +257,7 @@ class DemoFacility:
             "extra_hub_config": [str(Path(f).resolve()) for f in self.extra_hub_config],
             "dropins_dir": str(self.dropins_dir),
             "dask": self.dask,
+            "mlflow_port": free_port() if self.mlflow else None,
         }
         (self.state_dir / "settings.json").write_text(json.dumps(settings, indent=2))
         (self.state_dir / "site.json").write_text(json.dumps(self.site_settings(), indent=2))
@@ -281,8 +300,18 @@ class DemoFacility:
         t0 = time.monotonic()
         self.progress(f"[2/3] starting the demo identity provider at {self.idp_url}")
         self.start_idp(timeout)
+        if self.mlflow and not self.mlflow_enabled:
+            self.progress("MLflow is not installed (pip install 'casa_hub[mlflow]'): running without the "
+                          "tracking server; notebooks get no MLflow settings")
+        elif self.mlflow:
+            self.progress(f"      starting the MLflow tracking server at {self.mlflow_url}")
+            cmd, env = mlflow_service.command_and_env(self.state_dir, int(self.mlflow_url.rsplit(":", 1)[1]),
+                                                      self.issuer_url)
+            self._spawn("mlflow", cmd, dict(self._base_env(), **env))
         self.progress(f"[3/3] starting JupyterHub at {self.hub_url} (hub, proxy, token issuer)")
         self.start_hub(timeout)
+        if self.mlflow_enabled:
+            self._wait_for("mlflow", f"{self.mlflow_url}/health", lambda s: s == 200, 2 * timeout)
         self.progress(f"ready in {time.monotonic() - t0:.1f} s")
 
     @staticmethod
@@ -355,7 +384,7 @@ class DemoFacility:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the hub (which stops its proxy and notebooks), then the provider; kill leftovers."""
         tree = self.descendants()
-        for name in ("hub", "idp"):
+        for name in ("hub", "mlflow", "idp"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue
