@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +84,16 @@ def test_demo_starts_logs_in_and_stops_cleanly_then_reuses_state(tmp_path):
                    headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=10).json()
         assert me["name"] == "alice" and "physicists" in me["groups"]
         kid = requests.get(f"http://127.0.0.1:{hub_port}/hub/casa-issuer/jwks.json", timeout=10).json()["keys"][0]["kid"]
+        # the facility's MLflow tracking server is up and takes alice's MLflow token as alice
+        mlflow_url = re.search(r"MLflow tracking server: (http://127\.0\.0\.1:\d+)", out).group(1)
+        assert requests.get(f"{mlflow_url}/health", timeout=10).status_code == 200
+        token = s.post(f"http://127.0.0.1:{hub_port}/hub/api/casa/tokens/mlflow",
+                       headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=10).json()["token"]
+        made = requests.post(f"{mlflow_url}/api/2.0/mlflow/experiments/create", json={"name": "alice-first"},
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert made.status_code == 200, made.text[:300]
+        assert requests.post(f"{mlflow_url}/api/2.0/mlflow/experiments/create", json={"name": "anonymous"},
+                             timeout=30).status_code == 401, "no token, no MLflow"
     finally:
         code, rest = stop_demo(proc)
     assert code == 0 and "stopped" in rest
