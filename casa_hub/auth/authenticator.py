@@ -52,6 +52,7 @@ from casa_hub.tokens.broker import broker_handlers
 from casa_hub.tokens.grants import UnsafeUsername, check_username
 from casa_hub.tokens.handlers import issuer_handlers
 from casa_hub.tokens.issuer import CasaTokenIssuer
+from casa_hub.tokens.ledger import SESSIONS
 from casa_hub.tokens.store import META_KEY, store_minted
 
 _login_nonce: contextvars.ContextVar[str | None] = contextvars.ContextVar("casa_login_nonce")
@@ -480,6 +481,7 @@ class CasaOIDCAuthenticator(FacilityAdminsMixin, GenericOAuthenticator):
         finder = getattr(handler, "find_user", None)
         existing = finder(auth_model["name"]) if finder is not None else None
         await bind_at_login(self.log, existing, auth_model, self.user_auth_state_key)
+        SESSIONS.mark(auth_model["name"], False)  # a new sign-in: the broker may mint again
         if self.mint_tokens_at_login and auth_model.get("auth_state") is not None:
             minted = self.token_issuer.mint_all(auth_model["name"], auth_model.get("groups") or [])
             store_minted(auth_model["auth_state"], minted.values(), now=time.time())

@@ -18,6 +18,7 @@ from oauthenticator.oauth2 import OAuthLogoutHandler
 
 from casa_hub.auth.contract import OIDCAuthenticatorLike
 from casa_hub.auth.provider_http import revoke_refresh_token
+from casa_hub.tokens.ledger import SESSIONS
 from casa_hub.tokens.store import META_KEY, PROVIDER_TOKEN_KEYS, auth_state_lock
 
 
@@ -66,6 +67,7 @@ async def end_provider_tokens(auth: OIDCAuthenticatorLike, user: Any) -> None:
             state.pop(key, None)
         state.setdefault(META_KEY, {})["login_required"] = True
         await user.save_auth_state(state)
+        SESSIONS.mark(user.name, True)
     auth.log.info("%s signed out; the provider's tokens are revoked and forgotten", user.name)
 
 

@@ -34,6 +34,7 @@ from casa_hub.auth.contract import OIDCAuthenticatorLike
 from casa_hub.auth.identity import IDENTITY_KEY, IdentityConflict, check_refresh
 from casa_hub.auth.oidc import OIDCError, verify_id_token
 from casa_hub.auth.provider_http import revoke_refresh_token
+from casa_hub.tokens.ledger import SESSIONS
 from casa_hub.tokens.store import (
     AUTH_STATE_KEY,
     META_KEY,
@@ -164,6 +165,7 @@ class ProviderRefresher:
             state.pop(key, None)
         state.setdefault(META_KEY, {})["login_required"] = True
         await user.save_auth_state(state)
+        SESSIONS.mark(user.name, True)
         return False
 
     # ---- facility tokens only --------------------------------------------------------------------

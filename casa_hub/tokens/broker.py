@@ -22,7 +22,8 @@ from tornado import web
 
 from casa_hub.tokens.grants import UnsafeUsername
 from casa_hub.tokens.issuer import CasaTokenIssuer
-from casa_hub.tokens.store import auth_state_lock, login_required, store_minted
+from casa_hub.tokens.ledger import SESSIONS
+from casa_hub.tokens.store import login_required
 
 RENEW_SCOPE = "custom:casa-tokens:renew"
 
@@ -117,19 +118,16 @@ class TokenBrokerHandler(_BrokerBase):
             raise web.HTTPError(404, f"No grant named {grant!r}.")
         if grant not in self.issuer.grants_for(groups):
             raise web.HTTPError(403, f"You may not receive {grant!r} tokens.")
-        async with auth_state_lock(user.name):
-            auth_state = await user.get_auth_state()
-            if login_required(auth_state):
-                raise web.HTTPError(
-                    403, "Your sign-in has ended; sign in to the hub again to receive new tokens."
-                )
-            try:
-                minted = self.issuer.mint(user.name, grant, groups)
-            except UnsafeUsername as e:
-                raise web.HTTPError(403, str(e)) from None
-            if auth_state is not None:
-                store_minted(auth_state, [minted])
-                await user.save_auth_state(auth_state)
+        ended = SESSIONS.ended(user.name)
+        if ended is None:  # first call in this hub process: read auth_state once (casa_hub.tokens.ledger)
+            ended = login_required(await user.get_auth_state())
+            SESSIONS.mark(user.name, ended)
+        if ended:
+            raise web.HTTPError(403, "Your sign-in has ended; sign in to the hub again to receive new tokens.")
+        try:
+            minted = self.issuer.mint(user.name, grant, groups)  # recorded in the ledger; no database write
+        except UnsafeUsername as e:
+            raise web.HTTPError(403, str(e)) from None
         await update_running_servers(user, {grant: minted.token}, self.log)
         doc = minted.describe()
         if self.get_argument("include_token", "1") != "0":  # "0": the page's renew button (the hub

@@ -28,6 +28,7 @@ from casa_hub.tokens.grants import (
 )
 from casa_hub.tokens.keyring import KeyRing, fingerprint, load_keyring
 from casa_hub.tokens.keys import SUPPORTED_ALGORITHMS, KeyError_, SigningKey, write_new_key
+from casa_hub.tokens.ledger import LEDGER
 
 #: claims set afresh at every mint (``explain`` shows them by name, never by value)
 PER_MINT_CLAIMS = ("iat", "nbf", "exp", "jti")
@@ -301,6 +302,7 @@ class CasaTokenIssuer(SingletonConfigurable):
             grant.audience,
             claims["exp"],
         )
+        LEDGER.record(username, grant_name, claims)  # the newest mint's public facts (casa_hub.tokens.ledger)
         return MintedToken(grant_name, token, claims)
 
     def mint_all(self, username: str, groups: Iterable[str] = ()) -> dict[str, MintedToken]:

@@ -84,6 +84,7 @@ def test_refresh_happens_once_for_twenty_concurrent_requests(fac, admin_token):
     refreshes_ok = metric(fac, admin_token, "casa_hub_oidc_refresh_duration_seconds_count", outcome="ok")
 
     wait_for_refresh_due(before)
+    log_before = len(hub_log(fac))  # a refresh may have happened while the server started (slow machines)
     statuses: list[int] = []
     barrier = threading.Barrier(20)
 
@@ -101,7 +102,7 @@ def test_refresh_happens_once_for_twenty_concurrent_requests(fac, admin_token):
 
     after = auth_state(fac, admin_token, "alice")
     assert after["casa_oidc"]["generation"] == 1, "exactly one refresh for 20 concurrent requests"
-    assert hub_log(fac).count("Refreshed alice's provider tokens") == 1
+    assert hub_log(fac)[log_before:].count("Refreshed alice's provider tokens") == 1
     assert after["refresh_token"] != before["refresh_token"], "the provider rotates refresh tokens"
     assert after["access_token"] != before["access_token"]
     for grant in ("xcache", "htcondor"):
