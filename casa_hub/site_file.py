@@ -28,6 +28,7 @@ DEFAULT_SITE_FILE = "/etc/casa/site.yaml"
 
 #: section -> "module:Class" whose configurable traits are the section's keys
 SECTIONS = {
+    "hub": "casa_hub.hub_server:CasaHubServer",
     "facility": "casa_hub.pages.facility_info:CasaFacility",
     "auth": "casa_hub.auth.authenticator:CasaOIDCAuthenticator",
     "tokens": "casa_hub.tokens.issuer:CasaTokenIssuer",
@@ -148,6 +149,10 @@ def apply(c: Any, part: str, settings: dict[str, Any] | None = None) -> None:
         if key not in TOP_LEVEL:
             raise _unknown(key, sorted(TOP_LEVEL), "casa")
     if part == "auth":
+        from casa_hub.hub_server import limit_request_bodies
+
+        apply_section(c, settings.get("hub", {}), _load_class(SECTIONS["hub"]), "casa.hub")
+        limit_request_bodies(c)  # before the hub creates its HTTP server (casa_hub.hub_server)
         c.JupyterHub.authenticator_class = "casa-oidc"
         apply_section(c, settings.get("auth", {}), _load_class(SECTIONS["auth"]), "casa.auth")
         if not c.CasaOIDCAuthenticator.get("admin_reads_auth_state", False):

@@ -1,4 +1,5 @@
-# casa_hub drop-in: login through the facility's OpenID Connect provider (casa.auth, casa.facility).
+# casa_hub drop-in: login through the facility's OpenID Connect provider (casa.auth, casa.facility), and
+# the largest request body the hub reads (casa.hub).
 # Settings come from the site file ($CASA_SITE_CONFIG) or the Helm values (custom.casa); see the README.
 from casa_hub.site_file import apply as casa_apply
 
