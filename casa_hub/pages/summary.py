@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from casa_hub.integrations.base import Integration, IntegrationError
-from casa_hub.tokens.ledger import LEDGER, newer_entries
+from casa_hub.tokens.ledger import newer_entries
 from casa_hub.tokens.store import AUTH_STATE_KEY
 
 #: keys of a service's live status the page shows (anything else an integration returns is dropped)
@@ -47,7 +47,8 @@ def _public_url(value: Any) -> str:
 def grant_rows(issuer: Any, username: str, groups: list[str], auth_state: dict | None,
                now: float) -> list[dict[str, Any]]:
     """One row per grant the user may receive, with the recorded token's metadata if any."""
-    stored = newer_entries((auth_state or {}).get(AUTH_STATE_KEY) or {}, LEDGER.newest(username))
+    ledger = getattr(issuer, "ledger", None)
+    stored = newer_entries((auth_state or {}).get(AUTH_STATE_KEY) or {}, ledger.newest(username) if ledger else {})
     rows = []
     for name in issuer.grants_for(groups):
         grant = issuer.parsed_grants[name]

@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from traitlets import Dict, Enum, Float, Integer, List, Unicode, default, observe, validate
+from traitlets import (
+    Dict,
+    Enum,
+    Float,
+    Instance,
+    Integer,
+    List,
+    Unicode,
+    default,
+    observe,
+    validate,
+)
 from traitlets.config import SingletonConfigurable
 
 from casa_hub.metrics import count_mint
@@ -28,7 +39,7 @@ from casa_hub.tokens.grants import (
 )
 from casa_hub.tokens.keyring import KeyRing, fingerprint, load_keyring
 from casa_hub.tokens.keys import SUPPORTED_ALGORITHMS, KeyError_, SigningKey, write_new_key
-from casa_hub.tokens.ledger import LEDGER
+from casa_hub.tokens.ledger import MintLedger
 
 #: claims set afresh at every mint (``explain`` shows them by name, never by value)
 PER_MINT_CLAIMS = ("iat", "nbf", "exp", "jti")
@@ -147,6 +158,9 @@ class CasaTokenIssuer(SingletonConfigurable):
     def _log_default(self) -> logging.Logger:
         # the hub passes its own logger (``instance(log=...)``); audit lines go to ``<log>.audit``
         return logging.getLogger("casa_hub.tokens")
+
+    #: the newest mint of each user and grant, public facts only (shown by "My facility")
+    ledger = Instance(MintLedger, args=())
 
     _ring: KeyRing | None = None
     _ring_fingerprint: tuple[Any, ...] | None = None
@@ -302,7 +316,7 @@ class CasaTokenIssuer(SingletonConfigurable):
             grant.audience,
             claims["exp"],
         )
-        LEDGER.record(username, grant_name, claims)  # the newest mint's public facts (casa_hub.tokens.ledger)
+        self.ledger.record(username, grant_name, claims)  # the newest mint's public facts (casa_hub.tokens.ledger)
         return MintedToken(grant_name, token, claims)
 
     def mint_all(self, username: str, groups: Iterable[str] = ()) -> dict[str, MintedToken]:

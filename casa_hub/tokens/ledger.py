@@ -4,7 +4,7 @@ grant (public facts only), and which users' sign-ins have ended.
 The broker mints on every renewal of every server; writing auth_state for each (encrypt, UPDATE,
 COMMIT) made a token cost several times the hub's own cheapest API call. Instead:
 
-- :class:`MintLedger` keeps, per user and grant, the newest mint's ``jti``, ``iat``, ``exp``, ``scope``
+- :class:`MintLedger` (``CasaTokenIssuer.ledger``) keeps, per user and grant, the newest mint's ``jti``, ``iat``, ``exp``, ``scope``
   and ``aud`` in memory (the issuer records every mint: login, refresh, spawn, broker); the "My
   facility" page shows the newer of it and auth_state's copy. The values are bounded (one entry per
   user and grant) and never a token;
@@ -63,8 +63,7 @@ class SessionGate:
         self._ended[username] = ended
 
 
-#: one per hub process (the issuer is one per process too)
-LEDGER = MintLedger()
+#: one per hub process (the issuer, which owns its ``MintLedger``, is one per process too)
 SESSIONS = SessionGate()
 
 
