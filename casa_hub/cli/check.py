@@ -172,6 +172,38 @@ def check_issuer(app: Any, report: Report, online: bool) -> None:
             report.add("ok" if status == 200 else "warn", "issuer publication", f"{where} answered {status}")
 
 
+def check_storage_prefixes(app: Any, report: Report, online: bool) -> None:
+    """Per-user storage scopes on XRootD < 5.6.9: its SciTokens plugin matches scope paths as string
+    prefixes, so bob's ``/user/bob`` also reads ``/user/bobby`` unless the servers run the
+    configuration of ``casa-hub site-config xrootd --prefix-safe``."""
+    from casa_hub.tokens.issuer import CasaTokenIssuer
+    from casa_hub.tokens.site_snippets import (
+        detect_xrootd_version,
+        parse_xrootd_version,
+        storage_scope_paths,
+        xrootd_matches_prefixes,
+    )
+
+    try:
+        grants = CasaTokenIssuer(config=app.config).parsed_grants
+    except (TraitError, ValueError):
+        return  # check_issuer reports it
+    unsafe = [sp for sp in storage_scope_paths(grants) if sp.per_user and not sp.prefix_safe]
+    if not unsafe:
+        return
+    found = detect_xrootd_version()
+    affected = xrootd_matches_prefixes(parse_xrootd_version(found))
+    if affected is False:
+        report.add("ok", "storage scopes", f"XRootD {found} here matches scope paths on path boundaries")
+        return
+    where = f"XRootD {found} (installed here)" if found else "XRootD before 5.6.9 (e.g. Debian 12's 5.5.3)"
+    for sp in unsafe:
+        report.add("warn", f"CasaTokenIssuer.grants['{sp.grant}']",
+                   f"on {where} a token for {sp.shown('/', 'bob')} ({sp.scope}) also reads {sp.shown('/', 'bobby')}: "
+                   "configure such servers with `casa-hub site-config xrootd --prefix-safe` or add a fixed "
+                   "component after {username}")
+
+
 def check_spawner(app: Any, report: Report, online: bool) -> None:
     spawner_class = report.guard("JupyterHub.spawner_class", lambda: app.spawner_class)
     if spawner_class is None:
@@ -218,7 +250,7 @@ def run_checks(config_file: str, online: bool = True) -> Report:
         report.add("error", "config", f"{config_file} failed to load: {type(e).__name__}: {e}")
         return report
     report.add("ok", "config", f"loaded {config_file}")
-    for step in (check_auth, check_issuer, check_spawner):
+    for step in (check_auth, check_issuer, check_storage_prefixes, check_spawner):
         step(app, report, online)
     return report
 

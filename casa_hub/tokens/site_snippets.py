@@ -5,7 +5,13 @@ verify facility tokens itself. These pure functions turn them into the snippets 
 
 - ``xrootd_scitokens_cfg``: the XRootD / XCache ``scitokens.cfg`` (``libXrdAccSciTokens.so``):
   the audience of the storage grants, and one ``[Issuer casa]`` section mapping scope paths under a
-  ``base_path``.
+  ``base_path``. The token's scopes authorize by themselves ("scope mode").
+- ``xrootd_prefix_safe_files``: the files of "prefix-safe mode" (``--prefix-safe``): the plugin only
+  verifies the token and maps its subject to a listed user; an authorization database grants each
+  grant's paths with a path boundary. Needed on XRootD < 5.6.9 (Debian bookworm ships 5.5.3), whose
+  plugin matches scope paths as string prefixes: a token for ``/store/user/bob`` also reads
+  ``/store/user/bobby`` there (fixed upstream by "Only match ACLs on a full path match", first
+  released in 5.6.9).
 - ``htcondor_config``: HTCondor's ``SCITOKENS_SERVER_AUDIENCE`` and the ``CERTIFICATE_MAPFILE``
   lines mapping ``<issuer>,<sub>`` to a local user.
 
@@ -17,145 +23,47 @@ naming the setting, rather than producing a broken or subverted configuration.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from casa_hub.tokens.grants import Grant, UnsafeUsername, check_username
 
-DEFAULT_BASE_PATH = "/store"
-DEFAULT_ISSUER_NAME = "casa"
-
-# XRootD's INI reader reads lines of at most 199 characters; a longer line is split in two.
-MAX_INI_LINE = 198
-
-_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/%+-]+")
-_AUDIENCE = re.compile(r"[A-Za-z0-9._~:/%+=@-]{1,190}")
-_BASE_PATH = re.compile(r"/(?:[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)?")
-_SECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-# a hub username (see grants.check_username) without '@', which HTCondor reads as user@domain
-_MAPPED_SUBJECT = "[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}"
-
-
-class SiteConfigError(ValueError):
-    """A setting cannot be placed safely into a site configuration snippet."""
-
-
-# ---- checks -------------------------------------------------------------------------------------
-
-
-def check_issuer_url(url: str, setting: str = "CasaTokenIssuer.issuer_url") -> str:
-    """Return the issuer URL (without a trailing slash) if services can trust it, else raise.
-
-    XRootD and HTCondor fetch the issuer's keys only over https, so the URL must be https with a
-    host, no query, fragment or user info, and only URL-safe characters.
-    """
-    if not isinstance(url, str) or not url:
-        raise SiteConfigError(f"{setting} is not set; services need the issuer's https URL")
-    if not _URL_CHARS.fullmatch(url):
-        raise SiteConfigError(
-            f"{setting} {url!r} contains characters that are unsafe in a service configuration "
-            "(allowed: letters, digits and . _ ~ : / % + -)"
-        )
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise SiteConfigError(
-            f"{setting} must be an https URL with a host (XRootD and HTCondor fetch the issuer's "
-            f"keys only over https), got {url!r}"
-        )
-    if ".." in parts.path.split("/"):
-        raise SiteConfigError(f"{setting} {url!r} may not contain '..' path segments")
-    return url.rstrip("/")
-
-
-def check_audience(audience: str, setting: str = "audience") -> str:
-    """Return ``audience`` if it is safe in both snippets (no spaces, commas, ``;``, ``$``, ...)."""
-    if not isinstance(audience, str) or not _AUDIENCE.fullmatch(audience):
-        raise SiteConfigError(
-            f"{setting} {audience!r} cannot be placed in a service configuration: use 1-190 "
-            "letters, digits and . _ ~ : / % + = @ - (no spaces, commas or brackets)"
-        )
-    return audience
-
-
-def check_base_path(base_path: str, setting: str = "base_path") -> str:
-    """Return the absolute storage path that token scope paths are relative to, else raise."""
-    if not isinstance(base_path, str) or not base_path.startswith("/") or not _BASE_PATH.fullmatch(
-        base_path.rstrip("/") or "/"
-    ):
-        raise SiteConfigError(
-            f"{setting} {base_path!r} must be an absolute path of letters, digits and . _ - "
-            "separated by single slashes"
-        )
-    base_path = base_path.rstrip("/") or "/"
-    if {".", ".."} & set(base_path.split("/")):
-        raise SiteConfigError(f"{setting} {base_path!r} may not contain '.' or '..' segments")
-    return base_path
-
-
-def _check_choice(value: str, pattern: re.Pattern[str], setting: str, allowed: str) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise SiteConfigError(f"{setting} {value!r} is not allowed here ({allowed})")
-    return value
-
-
-def _comment(text: str) -> str:
-    """A comment line, shortened to what XRootD reads as one line."""
-    line = f"# {text}"
-    return line if len(line) <= MAX_INI_LINE else line[: MAX_INI_LINE - 3] + "..."
-
-
-def _check_lines(text: str, what: str) -> str:
-    for number, line in enumerate(text.splitlines(), 1):
-        if len(line) > MAX_INI_LINE:
-            raise SiteConfigError(
-                f"line {number} of the {what} would be {len(line)} characters long; XRootD reads "
-                f"at most {MAX_INI_LINE} (shorten the issuer URL or audience)"
-            )
-    return text
-
-
-# ---- grant selection ----------------------------------------------------------------------------
-
-
-def _grants_with_prefix(grants: Mapping[str, Grant], prefix: str) -> dict[str, Grant]:
-    return {n: g for n, g in grants.items() if any(s.startswith(prefix) for s in g.scopes)}
-
-
-def select_grants(
-    grants: Mapping[str, Grant], scope_prefix: str, audience: str | None = None
-) -> tuple[str, dict[str, Grant]]:
-    """The audience of a service and the grants (with ``scope_prefix`` scopes) aimed at it.
-
-    Without ``audience``, the grants' audience is used if it is unique; several audiences need an
-    explicit choice, so one service never accepts tokens meant for another.
-    """
-    relevant = _grants_with_prefix(grants, scope_prefix)
-    if audience is not None:
-        check_audience(audience, "--audience")
-        chosen = {n: g for n, g in relevant.items() if g.audience == audience}
-        if not chosen:
-            raise SiteConfigError(
-                f"no grant with {scope_prefix}* scopes has audience {audience!r}; "
-                f"audiences of such grants: {sorted({g.audience for g in relevant.values()})}"
-            )
-        return audience, chosen
-    audiences = sorted({g.audience for g in relevant.values()})
-    if not audiences:
-        raise SiteConfigError(
-            f"no grant in CasaTokenIssuer.grants has {scope_prefix}* scopes; nothing to configure"
-        )
-    if len(audiences) > 1:
-        raise SiteConfigError(
-            f"grants with {scope_prefix}* scopes name several audiences {audiences}; "
-            "choose this service's with --audience"
-        )
-    audience = check_audience(audiences[0], f"the audience of grant(s) {sorted(relevant)}")
-    return audience, relevant
-
+# the shared checks and the prefix-safe mode live in their own modules; their names stay importable here
+from casa_hub.tokens.snippet_checks import (  # noqa: F401
+    _MAPPED_SUBJECT,
+    _SECTION_NAME,
+    _UNIX_USER,
+    DEFAULT_BASE_PATH,
+    DEFAULT_ISSUER_NAME,
+    MAX_AUTHDB_PATH,
+    MAX_INI_LINE,
+    NO_TOKEN_PATHS,
+    PREFIX_SAFE_FILES,
+    XROOTD_PATH_BOUNDARY_FIX,
+    XROOTD_ROOT_RULE_FIX,
+    SiteConfigError,
+    _check_choice,
+    _check_lines,
+    _comment,
+    check_audience,
+    check_base_path,
+    check_issuer_url,
+    select_grants,
+)
+from casa_hub.tokens.xrootd_prefix import (  # noqa: F401
+    ScopePath,
+    check_base_not_doubled,
+    detect_xrootd_version,
+    join_base,
+    parse_xrootd_version,
+    prefix_read_example,
+    prefix_safe_merge_note,
+    storage_scope_paths,
+    xrootd_matches_prefixes,
+    xrootd_prefix_safe_files,
+    xrootd_prefix_warnings,
+)
 
 # ---- XRootD -------------------------------------------------------------------------------------
 
@@ -169,6 +77,8 @@ def xrootd_scitokens_cfg(
     issuer_name: str = DEFAULT_ISSUER_NAME,
     map_subject: bool = False,
     default_user: str | None = None,
+    xrootd_version: tuple[int, int, int] | None = None,
+    allow_prefix_reads: bool = False,
 ) -> str:
     """The ``scitokens.cfg`` text for an XRootD origin or XCache that serves the storage grants.
 
@@ -176,11 +86,28 @@ def xrootd_scitokens_cfg(
     ``storage.read:/user/alice`` allows reading ``/store/user/alice``. ``map_subject`` makes the
     token's ``sub`` (the hub username) the XRootD username (for multi-user file systems);
     ``default_user`` maps every authorized request to one local account instead.
+
+    On an ``xrootd_version`` that matches scope paths as string prefixes (< 5.6.9), a per-user scope
+    path that ends with the username (``/user/{username}``: bob would read ``/user/bobby``) is refused
+    unless ``allow_prefix_reads``; use ``xrootd_prefix_safe_files`` there.
     """
     issuer = check_issuer_url(issuer_url)
     audience, chosen = select_grants(grants, "storage.", audience)
     base = check_base_path(base_path, "--base-path")
     name = _check_choice(issuer_name, _SECTION_NAME, "issuer_name", "letters, digits, _ and -")
+    scopes = storage_scope_paths(chosen)
+    check_base_not_doubled(scopes, base)
+    unsafe = [sp for sp in scopes if sp.per_user and not sp.prefix_safe]
+    affected = xrootd_matches_prefixes(xrootd_version)
+    if unsafe and affected and not allow_prefix_reads:
+        version = ".".join(map(str, xrootd_version or ()))
+        raise SiteConfigError(
+            f"XRootD {version} matches token scope paths as string prefixes (fixed in 5.6.9): "
+            f"{prefix_read_example(unsafe[0], base)}. Generate the prefix-safe configuration "
+            "(--prefix-safe --user NAME ... --output-dir DIR), give the scope a fixed component after the "
+            "username (storage.read:/user/{username}/data), or upgrade XRootD; --allow-prefix-reads "
+            "generates this configuration anyway"
+        )
     lines = [
         "# XRootD / XCache: trust casa_hub facility tokens (libXrdAccSciTokens.so config=<this file>)",
         f"# Scope paths are relative to {base}:",
@@ -189,6 +116,10 @@ def xrootd_scitokens_cfg(
         paths = [s.split(":", 1)[1] for s in grant.scopes if s.startswith("storage.") and ":" in s]
         shown = ", ".join(f"{base.rstrip('/')}{p}" if p != "/" else base for p in paths) or "-"
         lines.append(_comment(f"  grant {grant_name}: {' '.join(grant.scopes)} -> {shown}"))
+    if unsafe and affected is not False:
+        lines.append("# WARNING: XRootD < 5.6.9 matches scope paths as string prefixes: with the per-user paths")
+        lines.append("# above a user reads the paths of users whose names start with theirs (bob reads bobby's).")
+        lines.append("# There, use: casa-hub site-config xrootd --prefix-safe")
     lines += [
         "",
         "[Global]",
@@ -204,6 +135,8 @@ def xrootd_scitokens_cfg(
         user = _check_choice(default_user, _UNIX_USER, "default_user", "a local Unix account name")
         lines.append(f"default_user = {user}")
     return _check_lines("\n".join(lines) + "\n", "scitokens.cfg")
+
+
 
 
 # ---- HTCondor -----------------------------------------------------------------------------------

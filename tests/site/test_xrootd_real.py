@@ -1,30 +1,50 @@
 """A real XRootD origin and XCache verify facility tokens from the real broker themselves.
 
-Both servers load the ``scitokens.cfg`` printed by ``casa-hub site-config xrootd`` and fetch the hub's
-discovery document and JWKS over https (see tests/xrootd_fixture.py). Reads go through the cache:
-root:// with ``BEARER_TOKEN_FILE`` (xrdcp) and https with ``Authorization: Bearer`` (curl).
-Refusals are XRootD's own: xrdcp exit code 52 (login refused: no token, an unpublished key,
-expired) or 54 (authenticated, but the token does not authorize this path or audience), https 403.
+Both servers run the configuration written by ``casa-hub site-config xrootd --prefix-safe`` and fetch
+the hub's discovery document and JWKS over https (see tests/support/xrootd_fixture.py). Reads go through
+the cache (and, for the prefix matrix, the origin): root:// with ``BEARER_TOKEN_FILE`` (xrdcp) and https
+with ``Authorization: Bearer`` (curl). Refusals are XRootD's own: xrdcp exit code 52 (login refused: no
+token, an unpublished key, expired) or 54 (authenticated, but the token does not authorize this path or
+audience), https 403.
+
+Users whose names extend each other (bob/bobby, ali/alice): with the prefix-safe configuration each
+reads only their own file at the origin and the cache, over both protocols. A second site runs the
+plain ``scitokens.cfg`` (scope mode) on the same XRootD: there, on XRootD < 5.6.9, bob reads bobby's
+file and ali alice's (the plugin matches scope paths as string prefixes), which is why
+``site-config`` refuses that configuration on such versions.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
 from traitlets.config import Config
 from xrootd_fixture import (
     CACHE_AUDIENCE,
+    CACHE_HTTPS_PORT,
+    CACHE_PORT,
+    CACHE_SERVICE_USER,
+    DATA_OWNERS,
     ISSUER_URL,
     ORIGIN_AUDIENCE,
+    ORIGIN_HTTPS_PORT,
     ORIGIN_PORT,
     Token,
+    XRootDSite,
     broker_token,
 )
 
 from casa_hub.tokens.issuer import CasaTokenIssuer
 from casa_hub.tokens.keyring import MANIFEST, add_next, promote
+from casa_hub.tokens.site_snippets import (
+    detect_xrootd_version,
+    parse_xrootd_version,
+    xrootd_matches_prefixes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -75,12 +95,16 @@ def assert_refused(result, status_or_code, content: bytes) -> None:
 
 def test_servers_run_the_generated_scitokens_cfg(xrootd_site):
     for name, audience in (("origin", ORIGIN_AUDIENCE), ("cache", CACHE_AUDIENCE)):
+        casa = xrootd_site.casa_dir(name)
         cfg = xrootd_site.scitokens_cfgs[name].read_text()
         assert f"[Global]\naudience = {audience}\n" in cfg
-        assert f"[Issuer casa]\nissuer = {ISSUER_URL}\nbase_path = /store\n" in cfg
+        assert (f"[Issuer casa]\nissuer = {ISSUER_URL}\nbase_path = /store\n"
+                f"restricted_path = /.casa-hub-no-token-paths\nname_mapfile = {casa / 'casa-users.json'}\n") in cfg
         log = xrootd_site.xrootd_log(name)
-        assert f"libXrdAccSciTokens-5.so config={xrootd_site.scitokens_cfgs[name]}" in log
+        assert f"continue {casa / 'xrootd-casa.cfg'}" in log
+        assert f"ofs.authlib ++ libXrdAccSciTokens.so config={xrootd_site.scitokens_cfgs[name]}" in log
         assert "XrdAccSciTokens: Initialized" in log
+        assert f"auth entries processed in {casa / 'casa-authdb'}" in log
 
 
 def test_owner_reads_own_file_through_the_cache(xrootd_site, tokens):
@@ -165,6 +189,197 @@ def test_no_token_value_in_service_logs(xrootd_facility, xrootd_site, tokens):
     logs.append((xrootd_facility.log_dir / "hub.log").read_text(errors="replace"))
     for name, token in tokens.items():
         assert all(token not in log for log in logs), f"the {name} token appears in a service log"
+
+
+# ---- names that extend each other: bob/bobby, ali/alice ----------------------------------------------
+
+ENDPOINTS = {  # server, protocol, port
+    "cache root://": ("cache", "root", CACHE_PORT), "cache https": ("cache", "https", CACHE_HTTPS_PORT),
+    "origin root://": ("origin", "root", ORIGIN_PORT), "origin https": ("origin", "https", ORIGIN_HTTPS_PORT),
+}
+GRANT_OF = {"cache": "xcache", "origin": "origin-user"}  # each user's per-user grant for that server
+XROOTD_VERSION = parse_xrootd_version(detect_xrootd_version())
+PREFIX_READS = bool(xrootd_matches_prefixes(XROOTD_VERSION))  # < 5.6.9: the plugin matches string prefixes
+
+
+def user_file(owner: str) -> str:
+    return f"/store/user/{owner}/events.txt"
+
+
+@pytest.fixture(scope="module")
+def user_tokens(xrootd_facility, xrootd_site) -> dict[tuple[str, str], Token]:
+    """(user, server) -> the user's per-user token for that server, from the broker."""
+    return {(user, server): broker_token(xrootd_facility, user, grant)
+            for user in DATA_OWNERS for server, grant in GRANT_OF.items()}
+
+
+@pytest.fixture(scope="module")
+def scope_mode_site(xrootd_facility):
+    """A second origin + cache on the same XRootD, running the plain scitokens.cfg (scope mode)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="casa-xrootd-scope-"))
+    run_dir.chmod(0o755)
+    site = XRootDSite(xrootd_facility, run_dir, mode="scope", cache_token_user=CACHE_SERVICE_USER)
+    try:
+        site.start()
+        yield site
+    finally:
+        site.stop()
+
+
+def read(site, endpoint: str, path: str, token: str) -> str:
+    """"READ" (with the file's exact content) or the refusal: xrdcp's exit code, or the https status."""
+    _, protocol, port = ENDPOINTS[endpoint]
+    if protocol == "root":
+        r = site.xrdcp(path, token, port=port)
+        ok, code = r.returncode == 0, r.returncode
+    else:
+        r = site.https_get(path, token, port=port)
+        ok, code = r.status == 200, r.status
+    if ok:
+        assert r.stdout == site.files[path], f"{endpoint} {path}: wrong content"
+        return "READ"
+    assert site.files[path] not in r.stdout, f"{endpoint} {path}: a refusal returned the file"
+    return str(code)
+
+
+def matrix(site, endpoint: str, user_tokens) -> dict[str, str]:
+    server = ENDPOINTS[endpoint][0]
+    return {f"{reader}->{owner}": read(site, endpoint, user_file(owner), user_tokens[(reader, server)])
+            for reader in DATA_OWNERS for owner in DATA_OWNERS}
+
+
+def refusal(endpoint: str) -> str:
+    return "54" if ENDPOINTS[endpoint][1] == "root" else "403"
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_users_whose_names_extend_each_other_read_only_their_own_files(xrootd_site, user_tokens, endpoint):
+    got = matrix(xrootd_site, endpoint, user_tokens)
+    print(f"prefix-safe {endpoint}: {got}")
+    expected = {f"{r}->{o}": "READ" if r == o else refusal(endpoint) for r in DATA_OWNERS for o in DATA_OWNERS}
+    assert got == expected
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_plain_scitokens_cfg_lets_bob_read_bobbys_files_on_xrootd_before_5_6_9(scope_mode_site, user_tokens,
+                                                                               endpoint):
+    """What the prefix-safe configuration prevents: with the plain scitokens.cfg (scope mode), XRootD
+    < 5.6.9 lets a token for /store/user/bob read /store/user/bobby, and ali's alice's."""
+    got = matrix(scope_mode_site, endpoint, user_tokens)
+    print(f"scope mode, XRootD {XROOTD_VERSION} {endpoint}: {got}")
+    extends = {("bob", "bobby"), ("ali", "alice")}  # the owner's name starts with the reader's
+    expected = {f"{r}->{o}": "READ" if r == o or (PREFIX_READS and (r, o) in extends) else refusal(endpoint)
+                for r in DATA_OWNERS for o in DATA_OWNERS}
+    assert got == expected
+
+
+@pytest.mark.parametrize("template, prefix_reads", [
+    ("/user/{username}/", PREFIX_READS),  # the plugin drops the trailing slash: no help
+    ("/user/{username}/data", False),  # a fixed component after the username: safe on every version
+])
+def test_plain_scitokens_cfg_with_other_scope_layouts(xrootd_facility, scope_mode_site, template, prefix_reads):
+    site = scope_mode_site
+    rel = "data/events.txt" if template.endswith("/data") else "events.txt"
+    for owner in DATA_OWNERS:  # files under /store/user/<name>/data/ for the second layout
+        d = site.server_dir("origin") / "data" / "store" / "user" / owner / "data"
+        if not d.exists():
+            d.mkdir(mode=0o755)
+            (d / "events.txt").write_bytes(f"{owner}'s data/ file\n".encode())
+            (d / "events.txt").chmod(0o644)
+            site.files[f"/store/user/{owner}/data/events.txt"] = (d / "events.txt").read_bytes()
+    cfg = Config()
+    cfg.CasaTokenIssuer.issuer_url = ISSUER_URL
+    cfg.CasaTokenIssuer.key_dir = str(xrootd_facility.state_dir / "issuer-keys")
+    cfg.CasaTokenIssuer.grants = {server: {"audience": audience, "scopes": [f"storage.read:{template}"]}
+                                  for server, audience in (("cache", CACHE_AUDIENCE), ("origin", ORIGIN_AUDIENCE))}
+    issuer = CasaTokenIssuer(config=cfg)
+    pairs = [("bob", "bob"), ("bob", "bobby"), ("ali", "ali"), ("ali", "alice")]
+    got, expected = {}, {}
+    for endpoint, (server, _, _) in ENDPOINTS.items():
+        for reader, owner in pairs:
+            token = Token(issuer.mint(reader, server).token)
+            key = f"{endpoint} {reader}->{owner}"
+            got[key] = read(site, endpoint, f"/store/user/{owner}/{rel}", token)
+            expected[key] = "READ" if reader == owner or prefix_reads else refusal(endpoint)
+    print(f"scope mode, XRootD {XROOTD_VERSION}, storage.read:{template}: {got}")
+    assert got == expected
+
+
+def test_site_config_refuses_the_plain_cfg_where_prefixes_match(xrootd_site):
+    r = xrootd_site.site_config("--audience", CACHE_AUDIENCE)  # the version of the xrootd installed here
+    if PREFIX_READS:
+        assert r.returncode == 1 and r.stdout == "", r.stderr
+        assert "matches token scope paths as string prefixes (fixed in 5.6.9)" in r.stderr
+        assert "also reads /store/user/bobby, another user's path" in r.stderr and "--prefix-safe" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+    # a base path that the scopes already start with is refused, whatever the version
+    r = xrootd_site.site_config("--audience", CACHE_AUDIENCE, "--base-path", "/user", "--xrootd-version", "5.7.0")
+    assert r.returncode == 1 and "already starts with the base path /user" in r.stderr, r.stderr
+
+
+def test_dot_dot_does_not_leave_the_users_directory(xrootd_site, user_tokens):
+    for endpoint in ("cache root://", "origin root://"):
+        server = ENDPOINTS[endpoint][0]
+        r = xrootd_site.xrdcp("/store/user/bob/../bobby/events.txt", user_tokens[("bob", server)],
+                              port=ENDPOINTS[endpoint][2])
+        assert r.returncode != 0 and xrootd_site.files[user_file("bobby")] not in r.stdout, endpoint
+
+
+def test_own_directory_is_listed_with_a_trailing_slash(xrootd_site, user_tokens):
+    """The rules end with '/': the directory itself is reached as /store/user/bob/ (root://)."""
+    token = user_tokens[("bob", "cache")]
+    r = xrootd_site.xrdfs(token, "ls", "/store/user/bob/")
+    assert r.returncode == 0 and r.stdout.decode().split() == [user_file("bob")], r.stderr
+    r = xrootd_site.xrdfs(token, "ls", "/store/user/bob")
+    assert r.returncode == NOT_AUTHORIZED and "permission denied" in r.stderr, r.stderr
+    assert xrootd_site.xrdfs(token, "ls", "/store/user/bobby/").returncode == NOT_AUTHORIZED
+
+
+def test_users_not_listed_read_no_per_user_path(xrootd_facility, xrootd_site):
+    # bobb: a valid token of the hub's key for a physicist the site-config did not list
+    issuer = out_of_hub_issuer(xrootd_facility.state_dir / "issuer-keys")
+    token = Token(issuer.mint("bobb", "xcache", ["physicists"]).token)
+    for owner in ("bob", "bobby"):
+        assert_refused(xrootd_site.xrdcp(user_file(owner), token), NOT_AUTHORIZED, xrootd_site.files[user_file(owner)])
+        assert_refused(xrootd_site.https_get(user_file(owner), token), 403, xrootd_site.files[user_file(owner)])
+
+
+def test_admins_read_the_whole_namespace_with_any_token_of_the_audience(xrootd_facility, xrootd_site):
+    """Prefix-safe mode authorizes by subject and groups: a facility admin's per-user xcache token reads
+    what the operations grant allows admins (all of /store), as the README says."""
+    token = broker_token(xrootd_facility, CACHE_SERVICE_USER, "xcache")
+    assert read(xrootd_site, "cache root://", user_file("bob"), token) == "READ"
+    assert read(xrootd_site, "cache https", user_file("alice"), token) == "READ"
+
+
+def test_https_accepts_a_token_until_a_minute_after_its_first_use_root_refuses_at_expiry(xrootd_facility,
+                                                                                        xrootd_site):
+    """The SciTokens plugin keeps a verified token's authorization for 60 s from its first use (its
+    cache), whatever the token's exp. A root:// read logs in again (ztn checks exp), https does not."""
+    lifetime = 20 * 60
+    issuer = out_of_hub_issuer(xrootd_facility.state_dir / "issuer-keys")
+    exp_in = 8
+    token = Token(issuer.mint("alice", "xcache", ["physicists"], now=time.time() - lifetime + exp_in).token)
+    exp = time.time() + exp_in
+    content = xrootd_site.files[ALICE_FILE]
+    first_use = time.time()
+    assert xrootd_site.https_get(ALICE_FILE, token).status == 200
+    assert xrootd_site.xrdcp(ALICE_FILE, token).returncode == 0
+    time.sleep(max(0.0, exp - time.time()) + 2)
+    assert_refused(xrootd_site.xrdcp(ALICE_FILE, token), AUTH_FAILED, content)  # exp checked at login
+    timeline = []
+    while True:
+        status = xrootd_site.https_get(ALICE_FILE, token).status
+        timeline.append((round(time.time() - exp, 1), status))
+        if status != 200 or time.time() - first_use > 90:
+            break
+        time.sleep(2)
+    print(f"https after exp (seconds after exp, status); first use {exp - first_use:.1f} s before exp: {timeline}")
+    accepted_after_exp = [t for t, status in timeline if status == 200]
+    assert accepted_after_exp, "https refused the expired token at once: the plugin cache is gone?"
+    refused_at = timeline[-1][0] + (exp - first_use)  # seconds after the first use
+    assert timeline[-1][1] == 403 and 55 <= refused_at <= 70, timeline
 
 
 def _kid(token: str) -> str:

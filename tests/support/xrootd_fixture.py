@@ -7,9 +7,12 @@ namespace (xrootd binds every interface):
 - a TLS forwarder on ``localhost:443`` (certificate from a test CA) that reaches the hub, which runs in
   the root namespace, through a unix socket bridge: the SciTokens plugin fetches the hub's REAL
   discovery document and JWKS over https;
-- an XRootD origin exporting ``/store`` (``/store/user/alice/…``, ``/store/user/bob/…``), and an XCache in
-  front of it (root:// and https). Both load a ``scitokens.cfg`` printed by
-  ``casa-hub site-config xrootd`` from the hub's own config file.
+- an XRootD origin exporting ``/store`` (``/store/user/<name>/events.txt`` of alice, bob, bobby and ali:
+  names that are prefixes of each other), and an XCache in front of it, both over root:// and https.
+  Both are configured by ``casa-hub site-config xrootd`` from the hub's own config file: by default
+  with ``--prefix-safe`` (the files it writes, included with ``continue``; the users above are listed);
+  ``XRootDSite(mode="scope")`` runs the plain ``scitokens.cfg`` instead (generated with
+  ``--allow-prefix-reads``: on XRootD < 5.6.9 bob reads bobby's files there).
 
 The plugin (scitokens-cpp 0.7) trusts only the system CA bundle and has no CA-file setting. Each xrootd
 therefore runs in a private mount namespace in which the test CA is bind-mounted over
@@ -50,13 +53,16 @@ from facilities import make_facility
 from helpers import http_login
 from xrootd_tls import hashed_ca_dir, make_test_ca
 
+from casa_hub.common.files import write_private
 from casa_hub.demo.facility import HUB_CONFIG, DemoFacility
 
 SERVICE_USER = "casa-xrootd"
 ISSUER_URL = "https://localhost/hub/casa-issuer"
 CACHE_AUDIENCE = "casa-demo-xcache"  # the demo's xcache grant
 ORIGIN_AUDIENCE = "casa-demo-origin"  # the cache's own grant for the origin (below)
-ORIGIN_PORT, CACHE_PORT, CACHE_HTTPS_PORT = 1094, 1095, 8443  # inside the namespace
+ORIGIN_PORT, CACHE_PORT, CACHE_HTTPS_PORT, ORIGIN_HTTPS_PORT = 1094, 1095, 8443, 8444  # inside the namespace
+#: the owners of /store/user/<name>/events.txt: names that are prefixes of each other (bob/bobby, ali/alice)
+DATA_OWNERS = ("alice", "bob", "bobby", "ali")
 BRIDGE = Path(__file__).with_name("xrootd_bridge.py")
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -68,6 +74,19 @@ c.CasaTokenIssuer.grants.update({{
                        "lifetime": 6 * 3600, "groups": ["facility-admins"]}},
 }})
 c.CasaTokenIssuer.key_reload_interval = 0.5  # key rotation test: follow the key directory at once
+"""
+# xrootd_facility only: users whose names extend alice's and bob's, a service user whose token the cache
+# uses for the origin (the one facility admin there: in prefix-safe mode an admin reads all of /store with
+# any token of the audience, see README), and a per-user grant for the origin's audience (users reading
+# the origin directly, so that it is tested as the cache is)
+PREFIX_USERS = ("bobby", "ali")
+CACHE_SERVICE_USER = "xcache-svc"
+USERS_HUB_CONFIG = f"""\
+c = get_config()  # noqa: F821
+c.CasaTokenIssuer.grants.update({{
+    "origin-user": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/user/{{username}}"],
+                    "groups": ["physicists"]}},
+}})
 """
 
 
@@ -136,6 +155,8 @@ class XRootDSite:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     startup_seconds: float = 0.0
+    mode: str = "prefix-safe"  # or "scope": the plain scitokens.cfg (see the module docstring)
+    cache_token_user: str = "bob"  # a facility admin: the cache's own token for the origin is theirs
 
     def __repr__(self) -> str:  # short, and without the facility's secrets
         return f"XRootDSite(netns={self.netns!r}, run_dir={str(self.run_dir)!r})"
@@ -148,8 +169,14 @@ class XRootDSite:
     def server_dir(self, name: str) -> Path:
         return self.run_dir / name
 
+    def casa_dir(self, name: str) -> Path:
+        """Where ``site-config xrootd --prefix-safe`` writes the server's files."""
+        return self.server_dir(name) / "casa"
+
     @property
     def scitokens_cfgs(self) -> dict[str, Path]:
+        if self.mode == "prefix-safe":
+            return {name: self.casa_dir(name) / "scitokens.cfg" for name in ("origin", "cache")}
         return {name: self.server_dir(name) / "scitokens.cfg" for name in ("origin", "cache")}
 
     def key_cache(self, name: str) -> Path:
@@ -229,7 +256,7 @@ class XRootDSite:
     # -- setup helpers
     def _make_data(self, user: pwd.struct_passwd) -> None:
         data = self.server_dir("origin") / "data"
-        for owner in ("alice", "bob"):
+        for owner in DATA_OWNERS:
             d = data / "store" / "user" / owner
             d.mkdir(parents=True)
             content = f"{owner}'s event data {secrets.token_hex(16)}\n".encode()
@@ -248,6 +275,8 @@ class XRootDSite:
         ]
         origin = [
             f"xrd.port {ORIGIN_PORT}",
+            f"xrd.protocol XrdHttp:{ORIGIN_HTTPS_PORT} libXrdHttp.so",
+            "http.header2cgi Authorization authz",
             "all.export /store",
             f"oss.localroot {self.server_dir('origin') / 'data'}",
         ]
@@ -266,36 +295,53 @@ class XRootDSite:
             d = self.server_dir(name)
             for sub in ("data", "admin", "xdg-cache", "log"):
                 (d / sub).mkdir(parents=True, exist_ok=True)
-            self.scitokens_cfgs[name].write_text(self.generate_scitokens_cfg(audience))
-            cfg = [*lines, *common, f"ofs.authlib libXrdAccSciTokens.so config={self.scitokens_cfgs[name]}",
-                   f"all.adminpath {d / 'admin'}", f"all.pidpath {d / 'admin'}"]
+            if self.mode == "prefix-safe":
+                self.generate_prefix_safe(audience, self.casa_dir(name))
+                authz = [f"continue {self.casa_dir(name) / 'xrootd-casa.cfg'}"]
+            else:
+                self.scitokens_cfgs[name].write_text(self.generate_scitokens_cfg(audience))
+                authz = [f"ofs.authlib libXrdAccSciTokens.so config={self.scitokens_cfgs[name]}"]
+            cfg = [*lines, *common, f"all.adminpath {d / 'admin'}", f"all.pidpath {d / 'admin'}", *authz]
             (d / "xrootd.cfg").write_text("\n".join(cfg) + "\n")
             for sub in ("admin", "xdg-cache", "log"):
                 os.chown(d / sub, user.pw_uid, user.pw_gid)
             if name == "cache":
                 os.chown(d / "data", user.pw_uid, user.pw_gid)
-        # the cache's own token for the origin, from the broker (bob is a facility admin)
+        # the cache's own token for the origin, from the broker (for a facility admin)
         token_file = self.server_dir("cache") / "origin.token"
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(broker_token(self.facility, "bob", "xcache-origin"))
+            f.write(broker_token(self.facility, self.cache_token_user, "xcache-origin"))
         os.chown(token_file, user.pw_uid, user.pw_gid)
         # the trust bundle the xrootd processes see instead of the system one: the test CA only
         self.trust_bundle = self.run_dir / "tls" / "trust-bundle.pem"
         shutil.copy(self.ca_pem, self.trust_bundle)
+        casa = [p for n in ("origin", "cache") if self.casa_dir(n).exists()
+                for p in (self.casa_dir(n), *self.casa_dir(n).iterdir())]
         for p in (self.run_dir, self.run_dir / "tls", self.ca_dir, *self.ca_dir.iterdir(), self.cert,
-                  self.trust_bundle, *self.scitokens_cfgs.values()):
+                  self.trust_bundle, *self.scitokens_cfgs.values(), *casa):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
-    def generate_scitokens_cfg(self, audience: str) -> str:
-        """``casa-hub site-config xrootd`` run on the facility's hub config file, as an admin would."""
+    def site_config(self, *args: str) -> subprocess.CompletedProcess:
+        """``casa-hub site-config xrootd ARGS`` on the facility's hub config file, as an admin would run it."""
         env = dict(os.environ, **self.facility.config_env())
-        r = subprocess.run([sys.executable, "-m", "casa_hub.cli", "site-config", "xrootd", "-f", str(HUB_CONFIG),
-                            "--audience", audience, "--base-path", "/store"],
-                           env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-m", "casa_hub.cli", "site-config", "xrootd", "-f", str(HUB_CONFIG),
+                               *args], env=env, capture_output=True, text=True, timeout=60)
+
+    def generate_scitokens_cfg(self, audience: str) -> str:
+        """The plain scitokens.cfg (scope mode); on XRootD < 5.6.9 only with --allow-prefix-reads."""
+        r = self.site_config("--audience", audience, "--base-path", "/store", "--allow-prefix-reads")
         if r.returncode != 0:
             raise XRootDSetupError(f"casa-hub site-config xrootd failed: {r.stderr.strip()}")
         return r.stdout
+
+    def generate_prefix_safe(self, audience: str, out: Path) -> None:
+        """``site-config xrootd --prefix-safe`` for the data owners, writing its files to ``out``."""
+        users = [a for owner in DATA_OWNERS for a in ("--user", owner)]
+        r = self.site_config("--audience", audience, "--base-path", "/store", "--prefix-safe", *users,
+                             "--output-dir", str(out))
+        if r.returncode != 0:
+            raise XRootDSetupError(f"casa-hub site-config xrootd --prefix-safe failed: {r.stderr.strip()}")
 
     @staticmethod
     def _make_readable(root: Path) -> None:
@@ -397,12 +443,23 @@ class XRootDSite:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def https_get(self, path: str, token: str | None) -> ClientResult:
-        """``curl https://localhost:<cache https port>/<path>`` with ``Authorization: Bearer`` (or none)."""
+    def xrdfs(self, token: str, *args: str, port: int = CACHE_PORT) -> ClientResult:
+        """``xrdfs localhost:<port> ARGS`` (``ls``, ``stat``, ...) with ``BEARER_TOKEN_FILE``."""
+        scratch = self._scratch()
+        try:
+            token_file = self._secret_file(scratch / "token", token)
+            r = self._run_in_netns(["xrdfs", f"localhost:{port}", *args], env=self._client_env(scratch, token_file))
+            return ClientResult(r.returncode, r.stdout, r.stderr.decode(errors="replace"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def https_get(self, path: str, token: str | None, port: int = CACHE_HTTPS_PORT) -> ClientResult:
+        """``curl https://localhost:<port>/<path>`` (the cache's by default) with ``Authorization: Bearer``
+        (or none)."""
         scratch = self._scratch()
         try:
             cmd = ["curl", "-sS", "--cacert", str(self.ca_pem), "-o", str(scratch / "body"),
-                   "-w", "%{http_code}", f"https://localhost:{CACHE_HTTPS_PORT}/{path.lstrip('/')}"]
+                   "-w", "%{http_code}", f"https://localhost:{port}/{path.lstrip('/')}"]
             if token is not None:
                 cmd[1:1] = ["-H", f"@{self._secret_file(scratch / 'headers', f'Authorization: Bearer {token}')}"]
             r = self._run_in_netns(cmd, env=self._client_env(scratch, None))
@@ -447,13 +504,24 @@ class XRootDSite:
 
 @pytest.fixture(scope="session")
 def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
-    """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grant."""
+    """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grant, the
+    origin-user grant, and the provider users bobby, ali (physicists) and xcache-svc (the facility admin)."""
     reason = xrootd_missing()
     if reason:
         pytest.fail(f"the real XRootD tests cannot run: {reason}")
     state = tmp_path_factory.mktemp("xrootd-facility")
     fac = make_facility(state, admin_token, name="xrootd", issuer_url_override=ISSUER_URL,
-                        hub_configs=[EXTRA_HUB_CONFIG])
+                        hub_configs=[EXTRA_HUB_CONFIG, USERS_HUB_CONFIG])
+    fac.prepare()
+    # the provider's users (the demo's users file, so that fac.password() knows them): bob is only a physicist
+    # here, bobby and ali are physicists, xcache-svc is the facility admin
+    extra = {name: ["physicists"] for name in PREFIX_USERS}
+    extra[CACHE_SERVICE_USER] = ["physicists", "facility-admins"]
+    users = [dict(u, groups=["physicists"]) if u["username"] == "bob" else u
+             for u in fac.users() if u["username"] not in extra]
+    users += [{"username": name, "name": name, "groups": groups, "email": f"{name}@demo.invalid",
+               "password": secrets.token_urlsafe(12)} for name, groups in extra.items()]
+    write_private(fac.state_dir / "idp" / "users.json", json.dumps(users, indent=2))
     with fac:
         yield fac
 
@@ -463,7 +531,7 @@ def xrootd_site(xrootd_facility) -> XRootDSite:
     """Origin + XCache in a loopback-only namespace, trusting the hub's issuer (see module doc)."""
     run_dir = Path(tempfile.mkdtemp(prefix="casa-xrootd-"))
     os.chmod(run_dir, 0o755)
-    site = XRootDSite(xrootd_facility, run_dir)
+    site = XRootDSite(xrootd_facility, run_dir, cache_token_user=CACHE_SERVICE_USER)
     try:
         site.start()
         print(f"xrootd site: bridge, forwarder, origin and cache ready in {site.startup_seconds:.2f} s")
@@ -472,4 +540,4 @@ def xrootd_site(xrootd_facility) -> XRootDSite:
         site.stop()
 
 
-__all__ = ["Token", "XRootDSite", "broker_token", "xrootd_facility", "xrootd_site"]
+__all__ = ["CACHE_SERVICE_USER", "DATA_OWNERS", "Token", "XRootDSite", "broker_token", "xrootd_facility", "xrootd_site"]

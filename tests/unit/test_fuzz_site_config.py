@@ -9,6 +9,10 @@ HTCondor snippets (``casa_hub.tokens.site_snippets``).
   ``SiteConfigError`` or a snippet that parses (configparser) into exactly the expected sections and
   keys with exactly the given values, and an HTCondor map file whose every line maps exactly one
   issuer's subjects.
+- Prefix matching (XRootD < 5.6.9 compares scope paths as strings): a per-user scope path classified
+  prefix-safe never matches, as a string prefix, a path in another user's directory, for any two hub
+  usernames; and every per-user rule of the prefix-safe authorization database matches paths of its
+  own user's directory only.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from casa_hub.site_file import (
     apply,
     read_site_settings,
 )
-from casa_hub.tokens.grants import parse_grants
+from casa_hub.tokens.grants import check_username, parse_grants
 from casa_hub.tokens.site_snippets import (
     MAX_INI_LINE,
     SiteConfigError,
     htcondor_config,
+    join_base,
+    storage_scope_paths,
+    xrootd_prefix_safe_files,
     xrootd_scitokens_cfg,
 )
 
@@ -267,3 +274,76 @@ def test_htcondor_snippet_is_refused_or_maps_exactly_the_issuers_subjects(issuer
             assert match.group(2) == "\\1"
         else:
             assert match.group(2) == subject and not pattern.fullmatch(f"{issuer},{subject}x")
+
+
+# ---- prefix matching -----------------------------------------------------------------------------
+
+username_text = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._@+-]{0,12}", fullmatch=True).filter(lambda u: ".." not in u)
+template_text = st.builds(
+    lambda before, after: "/" + "/".join(before) + "/{username}" + after,
+    st.lists(st.sampled_from(["user", "u", "store", "a.b"]), max_size=2),
+    st.sampled_from(["", "/", "//", "/data", "/data/", "_x", ".d", "-", "/{username}", "x/y", "/d/{username}", "@"]),
+)
+
+
+def user_directory(template: str, base: str, user: str) -> str:
+    """The directory a user's paths live in: up to the first {username}, then '/'."""
+    return join_base(base, template.split("{username}", 1)[0] + user) + "/"
+
+
+def overlap(rule: str, directory: str) -> bool:
+    """Whether a string-prefix rule matches some path in ``directory`` (they agree where both are defined)."""
+    n = min(len(rule), len(directory))
+    return rule[:n] == directory[:n]
+
+
+# a second username that often extends the first (bob, bobby) or is extended by it
+two_usernames = username_text.flatmap(lambda u: st.tuples(st.just(u), st.one_of(
+    username_text, st.from_regex(r"[A-Za-z0-9._@+-]{1,6}", fullmatch=True).map(lambda x: u + x),
+    st.integers(1, max(1, len(u) - 1)).map(lambda n: u[:n]))))
+
+
+@fuzz(400)
+@given(template=template_text, base=st.sampled_from(["/", "/store", "/data/x"]), users=two_usernames)
+@example(template="/user/{username}", base="/store", users=("bob", "bobby"))
+@example(template="/user/{username}/", base="/store", users=("bob", "bobby"))
+@example(template="/user/{username}/data", base="/store", users=("bob", "bobby"))
+def test_prefix_safe_per_user_paths_match_no_other_users_directory(template, base, users):
+    u, v = users
+    if u == v or ".." in v or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._@+-]*", v):
+        return
+    [sp] = storage_scope_paths(parse_grants({"g": {"audience": "a", "scopes": [f"storage.read:{template}"]}}))
+    rule = sp.shown(base, check_username(u))  # canonical, as the plugin compares it
+    crosses = overlap(rule, user_directory(template, base, check_username(v)))
+    if sp.prefix_safe:
+        assert not crosses, (rule, v)
+    if (template, u, v) in (("/user/{username}", "bob", "bobby"), ("/user/{username}/", "bob", "bobby")):
+        assert crosses and not sp.prefix_safe
+
+
+@fuzz(200)
+@given(template=template_text, users=st.lists(username_text, min_size=1, max_size=5, unique=True))
+@example(template="/user/{username}", users=["bob", "bobby", "ali", "alice"])
+def test_prefix_safe_authdb_rules_match_only_their_own_users_directory(template, users):
+    grants = parse_grants({"g": {"audience": "a", "scopes": [f"storage.read:{template}"], "groups": ["phys"]}})
+    try:
+        files = xrootd_prefix_safe_files("https://hub.example.org/i", grants, users=users, install_dir="/etc/x")
+    except SiteConfigError as e:
+        assert "cannot be placed in the XRootD authorization" in str(e) or "already starts with the base" in str(e), e
+        return
+    idents, checked = {}, 0
+    for line in files["casa-authdb"].splitlines():
+        words = line.split()
+        if line.startswith("= "):
+            idents[words[1]] = dict(zip(words[2::2], words[3::2], strict=True))
+        elif line.startswith("s "):
+            owner, path = idents[words[1]]["u:"], words[2]
+            assert path.endswith("/") and idents[words[1]]["o:"] == "https://hub.example.org/i"
+            for other in users:
+                # the rule's path is a string prefix of a path in another user's directory only if that
+                # directory is inside the owner's paths (a template with {username} twice, /d/{username})
+                if other != owner:
+                    assert not overlap(path, user_directory(template, "/store", other)) or \
+                        user_directory(template, "/store", other).startswith(path), (path, other)
+            checked += 1
+    assert checked == len(users)
