@@ -77,7 +77,8 @@ class _BrokerBase(APIHandler):
     def calling_user(self) -> User:
         user = self.current_user
         if not isinstance(user, User):
-            raise web.HTTPError(403, "Facility tokens are issued to users only.")
+            raise web.HTTPError(403, "Facility tokens are issued to users only. If your sign-in has ended, "
+                                     "sign in to the hub again.")
         if not self.has_scope(f"{RENEW_SCOPE}!user={user.name}"):
             raise web.HTTPError(
                 403, f"This credential lacks the scope {RENEW_SCOPE} needed to obtain facility tokens."
