@@ -43,7 +43,8 @@ if [ ! -x .venv/bin/python ]; then
   step "python: creating .venv"
   python3 -m venv .venv
 fi
-extra=demo; [ "$mode" = test ] && extra=test
+# the demo: the hub, Dask Gateway, the MLflow server and the physicists' analysis stack
+extra="demo,analysis,mlflow"; [ "$mode" = test ] && extra="test"
 stamp=.venv/.casa-installed-$extra
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   step "python: installing casa_hub[$extra] into .venv (first run takes a few minutes)"
