@@ -3,7 +3,9 @@
 The suite is laid out by layer: ``unit/`` (no process of ours), ``hub/`` (in-process hubs and spawners
 against stand-ins), ``deploy/`` (Helm values, images), ``e2e/`` (real provider, hub, proxy, notebooks),
 ``site/`` (real XRootD and Slurm), ``browser/`` (headless Chromium); ``support/`` holds the fixtures
-and the one facility factory (``support/facilities.py``). Layers run in that order.
+and the one facility factory (``support/facilities.py``). Layers run in that order. The facility
+``facility`` below is the session's default; facilities that several modules share are in
+``support/shared_facilities.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ import facilities
 import pytest
 from facilities import TestFacility, make_facility
 from leak_scan import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - fails the run on a token leak
+from shared_facilities import (  # noqa: F401 - facilities that several modules share (see there)
+    shared_dask_facility,
+    shared_integrations_facility,
+    shared_pages_facility,
+    shared_probe,
+    shared_servicex,
+    shared_token_proxy,
+)
 from slurm_fixture import slurm_site  # noqa: F401 - real Slurm in the XRootD site's namespace
 from xrootd_fixture import xrootd_facility, xrootd_site  # noqa: F401 - real XRootD origin + XCache
 

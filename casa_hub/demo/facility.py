@@ -12,6 +12,7 @@ state directory, the local Dask Gateway), then any ``extra_hub_config`` files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -111,6 +112,9 @@ class DemoFacility:
     dask: bool = False
     #: run the facility's MLflow tracking server (casa_hub's auth plugin) when MLflow is installed
     mlflow: bool = False
+    #: the sample data set (files x events per file; 0 events: none)
+    data_files: int = 4
+    data_events: int = 5000
     #: the drop-in directory (default: ``jupyterhub_config.d/`` of this checkout)
     dropins_dir: Path | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -261,7 +265,26 @@ class DemoFacility:
         }
         (self.state_dir / "settings.json").write_text(json.dumps(settings, indent=2))
         (self.state_dir / "site.json").write_text(json.dumps(self.site_settings(), indent=2))
+        self.prepare_data()
         self.log_dir.mkdir(exist_ok=True)
+
+    def prepare_data(self) -> None:
+        """The physicists' sample data set ``ttbar`` (CMS Open Data NanoAOD resampled into
+        ``data_files`` files of ``data_events`` events) under ``<state>/data/store/data/ttbar`` and
+        its fileset file ``<state>/data/fileset.json``; once, and only with the analysis stack installed."""
+        fileset = self.state_dir / "data" / "fileset.json"
+        if fileset.exists() or not self.data_events:
+            return
+        if importlib.util.find_spec("uproot") is None:
+            self.progress("the analysis stack is not installed (pip install 'casa_hub[analysis]'): no sample data")
+            return
+        from casa_hub.analysis.generate import main as generate_data_set
+
+        self.progress(f"      writing the sample data set ttbar ({self.data_files} files x {self.data_events} events)")
+        out = self.state_dir / "data" / "store" / "data" / "ttbar"
+        if generate_data_set(["--files", str(self.data_files), "--events", str(self.data_events), "--out", str(out),
+                          "--fileset", str(fileset), "--namespace", "/store/data/ttbar"]) != 0:
+            raise DemoError(f"could not write the sample data into {out}")
 
     # ---- processes ------------------------------------------------------------------------------
 

@@ -31,6 +31,23 @@ c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
 c.Spawner.http_timeout = 90
 c.Spawner.start_timeout = 120
 
+# --- the physicists' first day: the sample data set by name, and the example analysis in every home
+data = state / "data"
+c.Spawner.environment.update({"CASA_FILESET": str(data / "fileset.json"), "CASA_DATA_DIR": str(data)})
+EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "ttbar_analysis.ipynb"
+
+
+def _place_example(spawner):  # a copy the user may change; never overwritten
+    import shutil
+
+    home = Path(spawner.home_dir)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if EXAMPLE.exists() and not (home / EXAMPLE.name).exists():
+        shutil.copyfile(EXAMPLE, home / EXAMPLE.name)
+
+
+c.Spawner.pre_spawn_hook = _place_example
+
 # --- a Dask cluster per user: Dask Gateway (local backend) as a managed JupyterHub service, when
 # installed (the `dask` extra) and the demo runs with Dask (`casa-hub demo` does, unless --no-dask)
 if settings.get("dask"):

@@ -1,7 +1,8 @@
 """A Dask cluster per user, before the notebook opens: real hub, provider, notebooks and a real
 Dask Gateway (local backend) running as a managed JupyterHub service.
 
-The facility of this module is the demo facility with its embedded gateway on (``DemoFacility(dask=True)``):
+The facility of this module is the demo facility with its embedded gateway on (``DemoFacility(dask=True)``),
+shared with test_pages_api.py and test_renewal_e2e.py (``shared_dask_facility``, tests/support/shared_facilities.py):
 users sign in through the real provider, their servers start as processes, the hub creates each
 user's cluster in the gateway as that user, and the notebook's own environment computes on it.
 The gateway is asked about clusters as the user, with a token of that user holding the gateway's
@@ -23,7 +24,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import requests
-from facilities import make_facility
+from facilities import stop_servers
 from helpers import admin_api, http_login, login_and_start_server, read_server_environ
 from traitlets.config import Config, LoggingConfigurable
 
@@ -62,18 +63,12 @@ except NoClusterError as e:
 
 
 @pytest.fixture(scope="module")
-def dask_facility(tmp_path_factory, admin_token):
-    """The demo facility with its Dask Gateway service (local backend) on free ports."""
-    state = tmp_path_factory.mktemp("dask-facility")
-    extra = state.parent / f"{state.name}-hub-config.py"
-    extra.write_text(
-        "c.DaskIntegration.cluster_options = {'worker_memory': 0.5}  # from the site's settings\n"
-        "# answer a spawn request with 202 at once, so that the test reads the progress stream live\n"
-        "c.JupyterHub.tornado_settings.update({'slow_spawn_timeout': 0})\n"
-    )
-    fac = make_facility(state / "facility", admin_token, name="dask", dask=True, hub_configs=[extra])
-    with fac:
-        yield fac
+def dask_facility(shared_dask_facility, admin_token):
+    """The demo facility with its Dask Gateway service (local backend) on free ports, the site's
+    cluster options (worker_memory 0.5) and spawns answered with 202 at once (shared_facilities.DASK_CONFIG).
+    alice's and bob's servers (and so their clusters) are stopped when the module ends."""
+    yield shared_dask_facility
+    stop_servers(shared_dask_facility, admin_token, "alice", "bob")
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +354,48 @@ async def test_without_a_gateway_the_server_starts_without_a_cluster(make_dask):
     required = make_dask(gateway_api_url=dead, connect_timeout=1.0, required=True)
     with pytest.raises(IntegrationError, match="could not create your cluster"):
         await required.prepare(CTX)
+
+
+# ---- dashboards: dask-gateway serves a cluster's dashboard to whoever has its name ---------------
+
+def running_cluster(gateway_url: str, token: str) -> str:
+    """A cluster of the token's user, created through the gateway's API, running with its dashboard routed."""
+    r = as_user(token, "POST", f"{gateway_url}/api/v1/clusters/", json={"cluster_options": {}})
+    assert r.status_code == 201, r.text
+    name = r.json()["name"]
+    wait_until(lambda: as_user(token, "GET", f"{gateway_url}/api/v1/clusters/{name}").json()["dashboard_route"],
+               f"the dashboard route of {name}", timeout=120)
+    return name
+
+
+def test_the_dashboard_answers_anyone_with_the_clusters_name_while_its_api_refuses_them(
+        dask_facility, admin_token, gateway_url):
+    """What the README says under "A Dask cluster per user": dask-gateway routes /clusters/<name>/ to the
+    scheduler's dashboard without asking who calls (dask/dask-gateway#570); the name, a random UUID, is
+    the only key, and it opens the dashboard, not the cluster's API. The pages asserted here are
+    distributed's own (they exist without bokeh, which draws the interactive plots)."""
+    fac = dask_facility
+    for username in ("alice", "bob"):
+        assert http_login(fac.hub_url, username, fac.password(username))[1].status_code == 200
+    alice, bob = user_token(fac, admin_token, "alice"), user_token(fac, admin_token, "bob")
+    name = running_cluster(gateway_url, alice)
+    try:
+        assert re.fullmatch(r"[0-9a-f]{32}", name), f"the name is a random UUID (128 bits): {name}"
+        dashboard = f"{gateway_url}/clusters/{name}"
+        for who, headers in (("no credential", {}), ("bob", {"Authorization": f"jupyterhub {bob}"})):
+            page, identity, logs = (requests.get(f"{dashboard}/{path}", headers=headers, timeout=60)
+                                    for path in ("status", "json/identity.json", "info/main/logs.html"))
+            assert page.status_code == 200, f"{who}: the dashboard link of the My facility page"
+            assert identity.status_code == 200 and identity.json()["type"] == "Scheduler", \
+                f"{who} reads the scheduler's identity (addresses, workers): {identity.status_code}"
+            assert logs.status_code == 200 and re.search(r"<title>\s*Logs\s*</title>", logs.text), \
+                f"{who} reads the scheduler's log: {logs.status_code}"
+            api = requests.get(f"{gateway_url}/api/v1/clusters/{name}", headers=headers, timeout=60)
+            assert api.status_code == (403 if headers else 401), f"{who} at the cluster's API: {api.status_code}"
+        assert requests.get(f"{dashboard}/api/v1", timeout=60).status_code == 404, \
+            "distributed's HTTP API (retire_workers) is not served"
+        other = name[:-1] + ("1" if name[-1] == "0" else "0")
+        assert requests.get(f"{gateway_url}/clusters/{other}/status", timeout=60).status_code == 404, \
+            "a name one character off opens nothing"
+    finally:
+        assert as_user(alice, "DELETE", f"{gateway_url}/api/v1/clusters/{name}").status_code == 204

@@ -1,5 +1,9 @@
 """Key rotation in the running hub, under load: no failed mint, old tokens keep verifying,
-new ones carry the new kid once it signs, and the next key is published before it signs."""
+new ones carry the new kid once it signs, and the next key is published before it signs.
+
+The facility (``shared_pages_facility``, tests/support/shared_facilities.py) re-reads its key directory
+every 0.2 s and has no broker rate limit to speak of; the modules sharing it verify tokens with the
+keys it publishes, whichever signed them."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import time
 import jwt
 import pytest
 import requests
-from facilities import running_facility
 from helpers import admin_api, http_login, verify_with_published_jwks
 
 from casa_hub.demo.facility import DemoFacility
@@ -19,11 +22,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def rotating_facility(tmp_path_factory, admin_token):
-    with running_facility(tmp_path_factory, "rotation", admin_token,
-                          "c.CasaTokenIssuer.key_reload_interval = 0.2\n",
-                          site={"tokens": {"broker_rate_per_minute": 1000000}}) as fac:
-        yield fac
+def rotating_facility(shared_pages_facility):
+    """Keys re-read every 0.2 s, broker rate 1000000 per minute (shared_facilities.py)."""
+    return shared_pages_facility
 
 
 def published_kids(fac: DemoFacility) -> set[str]:

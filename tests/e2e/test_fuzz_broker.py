@@ -14,7 +14,8 @@ none, garbage), through the proxy or at the hub's own API URL. Every answer must
 Never 5xx, never a redirect, never a token for another user. The hub of this module has no broker
 rate limit to speak of (the site file's ``tokens.broker_rate_per_minute``), so the examples reach the grant handling instead
 of the limiter (the limit is tested in test_e2e_broker.py), and the session's hub keeps its limits
-for the other tests.
+for the other tests. It is ``shared_pages_facility`` (tests/support/shared_facilities.py), whose key
+test_e2e_key_rotation.py rotates: tokens verify with the keys published when this module starts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from urllib.parse import quote, unquote, unquote_to_bytes, urlencode, urlparse
 import jwt
 import pytest
 import requests
-from facilities import make_facility
 from helpers import admin_api, http_login
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -69,37 +69,35 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, admin_token) -> Site:
-    fac = make_facility(tmp_path_factory.mktemp("fuzz-broker") / "facility", admin_token, name="fuzz-broker",
-                        site={"tokens": {"broker_rate_per_minute": 1000000}})
-    with fac:
-        tokens, session = {}, None
-        for name in ("alice", "bob"):
-            s, r = http_login(fac.hub_url, name, fac.password(name))
-            assert r.status_code == 200, r.text[:300]
-            session = s if name == "alice" else session
-            r = admin_api(fac.hub_url, admin_token, f"/users/{name}/tokens", method="POST",
-                          json={"scopes": [f"{RENEW}!user={name}"], "note": "broker fuzzing"})
-            assert r.status_code == 201, r.text
-            tokens[name] = r.json()["token"]
-        cookies = "; ".join(f"{c.name}={c.value}" for c in session.cookies
-                            if c.name.startswith(("jupyterhub-", "_xsrf")))
-        xsrf = session.cookies.get("_xsrf")
-        secrets = {"alice": tokens["alice"], "bob": tokens["bob"], "admin": admin_token, "garbage": "x" * 40,
-                   "alice-session": cookies, "alice-session+xsrf": cookies}
-        headers = {
-            "alice": {"Authorization": f"token {tokens['alice']}"},
-            "bob": {"Authorization": f"Bearer {tokens['bob']}"},
-            "admin": {"Authorization": f"token {admin_token}"},
-            "garbage": {"Authorization": "token " + "x" * 40},
-            "none": {},
-            "alice-session": {"Cookie": cookies},
-            "alice-session+xsrf": {"Cookie": cookies, "X-XSRFToken": xsrf},
-        }
-        settings_doc = json.loads((fac.state_dir / "settings.json").read_text())
-        jwks = requests.get(f"{fac.issuer_url}/jwks.json", timeout=10).json()
-        yield Site(fac, settings_doc["hub_api_port"], secrets, headers,
-                   {k["kid"]: jwt.PyJWK(k) for k in jwks["keys"]})
+def site(shared_pages_facility, admin_token) -> Site:
+    fac = shared_pages_facility
+    tokens, session = {}, None
+    for name in ("alice", "bob"):
+        s, r = http_login(fac.hub_url, name, fac.password(name))
+        assert r.status_code == 200, r.text[:300]
+        session = s if name == "alice" else session
+        r = admin_api(fac.hub_url, admin_token, f"/users/{name}/tokens", method="POST",
+                      json={"scopes": [f"{RENEW}!user={name}"], "note": "broker fuzzing"})
+        assert r.status_code == 201, r.text
+        tokens[name] = r.json()["token"]
+    cookies = "; ".join(f"{c.name}={c.value}" for c in session.cookies
+                        if c.name.startswith(("jupyterhub-", "_xsrf")))
+    xsrf = session.cookies.get("_xsrf")
+    secrets = {"alice": tokens["alice"], "bob": tokens["bob"], "admin": admin_token, "garbage": "x" * 40,
+               "alice-session": cookies, "alice-session+xsrf": cookies}
+    headers = {
+        "alice": {"Authorization": f"token {tokens['alice']}"},
+        "bob": {"Authorization": f"Bearer {tokens['bob']}"},
+        "admin": {"Authorization": f"token {admin_token}"},
+        "garbage": {"Authorization": "token " + "x" * 40},
+        "none": {},
+        "alice-session": {"Cookie": cookies},
+        "alice-session+xsrf": {"Cookie": cookies, "X-XSRFToken": xsrf},
+    }
+    settings_doc = json.loads((fac.state_dir / "settings.json").read_text())
+    jwks = requests.get(f"{fac.issuer_url}/jwks.json", timeout=10).json()
+    return Site(fac, settings_doc["hub_api_port"], secrets, headers,
+                {k["kid"]: jwt.PyJWK(k) for k in jwks["keys"]})
 
 
 # ---- requests ---------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ usernames (Cyrillic, fullwidth, zero-width joiner, right-to-left override, KELVI
 username and an oversized unrelated claim, and look-alike group names. Every row sends one hostile
 input and asserts its outcome: the status and message, that no facility token was minted for a
 refused request (the hub's audit log is compared), that a token handed out belongs to the caller,
-that no user, server or API token was created, and that nothing is echoed unescaped.
+that no user, server or API token was created, and that nothing is echoed unescaped. The facility is
+``shared_pages_facility`` (tests/support/shared_facilities.py), shared with test_e2e_key_rotation.py,
+test_fuzz_broker.py, test_profiles_e2e.py and browser/test_browser_pages.py; none of them leaves a
+server of alice's running.
 
 Rows that other files cover in depth are re-checked lightly here (forged ID tokens:
 test_login_rejections.py; the bad-token matrix: test_bad_tokens.py); another user's Dask cluster is
@@ -19,7 +22,6 @@ import base64
 import http.client
 import json
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import unescape
@@ -29,7 +31,6 @@ from urllib.parse import urljoin, urlparse
 import jwt
 import pytest
 import requests
-from facilities import make_facility
 from helpers import FORM_ACTION, admin_api, http_login
 
 from casa_hub.demo.facility import DemoFacility
@@ -37,16 +38,9 @@ from casa_hub.demo.facility import DemoFacility
 pytestmark = pytest.mark.e2e
 
 JWT = re.compile(r"e[w-z][A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
-PROFILES = '''
-c.CasaProfiles.profiles = [
-    {"slug": "standard", "display_name": "Standard analysis", "groups": ["physicists"], "default": True},
-    {"slug": "admin-gpu", "display_name": "GPU (facility admins)", "groups": ["facility-admins"]},
-]
-'''
-#: provider login name -> the preferred_username claim it signs in with
-HOSTILE_NAMES = {"cyrillic": "\u0430lice", "fullwidth": "\uff41\uff4c\uff49\uff43\uff45", "zwj": "al\u200dice",
-                 "rtl": "\u202eecila", "kelvin": "\u212aate", "dots": "../bob", "longname": "a" * 4096}
-LOOKALIKE_GROUPS = ["physicists", "facility-admins\u200b", "Facility-Admins", "/facility-admins/../x"]
+# the facility's profiles (standard for physicists, admin-gpu for facility-admins, ...) and its provider
+# users with hostile claims (kate; shared_facilities.HOSTILE_NAMES, bigclaim, groupy with
+# shared_facilities.LOOKALIKE_GROUPS) are set in shared_facilities.py
 
 
 # ---- the facility and its callers --------------------------------------------------------------------
@@ -131,21 +125,8 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def x(tmp_path_factory, admin_token) -> Ctx:
-    tmp = tmp_path_factory.mktemp("hostile-inputs")
-    fac = make_facility(tmp / "state", admin_token, name="hostile", hub_configs=[PROFILES],
-                        site={"tokens": {"broker_rate_per_minute": 1000000}})
-    fac.prepare()
-    physicist = {"groups": ["physicists"]}
-    users = [*fac.users(), dict(physicist, username="kate")]
-    users += [dict(physicist, username=k, claims={"preferred_username": v}) for k, v in HOSTILE_NAMES.items()]
-    users += [dict(physicist, username="bigclaim", claims={"name": "x" * 65536}),
-              dict(username="groupy", groups=LOOKALIKE_GROUPS)]
-    for u in users:
-        u.setdefault("password", secrets.token_urlsafe(12))
-    fac.idp_overrides = {"users": users}
-    with fac:
-        yield Ctx(fac, admin_token, {u["username"]: u["password"] for u in users})
+def x(shared_pages_facility, admin_token) -> Ctx:
+    return Ctx(shared_pages_facility, admin_token, shared_pages_facility.passwords)
 
 
 # ---- outcome checks ------------------------------------------------------------------------------------
@@ -259,6 +240,23 @@ def oversized_header_at_hub(x: Ctx) -> None:
     assert requests.get(f"{x.fac.hub_url}/hub/api", timeout=10).status_code == 200
 
 
+def oversized_body(x: Ctx) -> None:
+    """Over the hub's body limit (``CasaHubServer.max_body_size``, 4 MiB): the hub refuses the request
+    after its headers without reading the body (400, connection closed); the proxy reads the body
+    itself, finds the hub's connection closed and answers 503. Nothing minted, the hub keeps answering."""
+    body = b"x" * (5 * 2**20)
+    before = x.mints()
+    a = x.broker(body=body)
+    assert a.status in (400, 503) and not JWT.search(a.text), (a.status, a.text[:300])
+    try:
+        status = x.broker(body=body, port=x.api_port).status
+    except (http.client.RemoteDisconnected, ConnectionError):
+        status = None  # closed while the body was still being sent
+    assert status in (400, None), status
+    assert x.mints() == before
+    assert requests.get(f"{x.fac.hub_url}/hub/api", timeout=10).status_code == 200
+
+
 def malformed_escape(x: Ctx) -> None:
     """configurable-http-proxy decodes the path to route it and answers 500 (the hub's error page)
     when a %-escape is malformed; the hub never sees the request. At the hub's API URL: JSON 404."""
@@ -349,8 +347,9 @@ ROWS: dict[str, Row] = {
     "oversized-header-at-hub": Row("70 KiB header at the hub's API URL", "connection closed, hub keeps answering",
                                    oversized_header_at_hub),
     "oversized-grant-name": Row("10 KiB grant name", "404 JSON", broker_refused(404, "No grant named", grant="a" * 10240)),
-    "oversized-body": Row("5 MiB request body with alice's credential", "200, body ignored, alice's own token",
-                          lambda x: own_token(x, x.broker(body=b"x" * (5 * 2**20)))),
+    "oversized-body": Row("5 MiB request body with alice's credential",
+                          "refused unread: 400 or closed at the hub, 503 from the proxy; nothing minted",
+                          oversized_body),
     "oversized-username-claim": Row("preferred_username of 4096 characters (real login)", "403, no user",
                                     lambda x: login_refused(x, "longname", "your username cannot be used")),
     "oversized-unrelated-claim": Row("64 KiB name claim (real login)", "signed in as bigclaim with tokens for /user/bigclaim",

@@ -2,18 +2,20 @@
 auth app runs ``casa_hub.integrations.mlflow.server_auth:authenticate_request`` and trusts the real facility issuer.
 
 The facility here has an ``mlflow`` grant and the MLflow integration enabled (extra hub config); the
-server (``mlflow server --app-name basic-auth`` on 127.0.0.1, sqlite stores in a temporary directory)
-fetches the hub's discovery document and JWKS over http on loopback. The client runs as a separate
-process with the notebook server's own environment and the header provider that casa_hub registers
-with MLflow; it takes commands on stdin so that one process can see its token file replaced.
+server (``mlflow server --app-name basic-auth`` on 127.0.0.1, sqlite stores in a temporary directory,
+tests/support/mlflow_server.py) fetches the hub's discovery document and JWKS over http on loopback.
+The client runs as a separate process with the notebook server's own environment and the header
+provider that casa_hub registers with MLflow; it takes commands on stdin so that one process can see
+its token file replaced.
+
+The facility and the server are ``shared_integrations_facility`` (tests/support/shared_facilities.py),
+shared with test_integration_notebook.py and test_login_rejections.py; alice's server is stopped when
+this module ends.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
 import stat
 import subprocess
 import sys
@@ -21,34 +23,20 @@ import time
 from pathlib import Path
 
 import jwt
-import psutil
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
-from facilities import make_facility
+from facilities import stop_servers
 from helpers import login_and_start_server, read_server_environ
+from mlflow_server import AUDIENCE, MLFLOW_GRANT, MLflowServer
 from traitlets.config import Config
 
-from casa_hub.demo.facility import DemoFacility, free_port
+from casa_hub.demo.facility import DemoFacility
 from casa_hub.tokens.issuer import CasaTokenIssuer
 from casa_hub.tokens.renewal.files import write_token_file
 
 pytestmark = pytest.mark.e2e
 
-AUDIENCE = "casa-demo-mlflow"
-MLFLOW_GRANT = {"audience": AUDIENCE, "scopes": ["mlflow.write"], "lifetime": 600, "groups": ["physicists"]}
-HUB_CONFIG = """
-from casa_hub.integrations.mlflow.integration import MLflowIntegration
-c.CasaTokenIssuer.grants.update({{"mlflow": {grant!r}}})  # merged into the demo's grants
-c.CasaSpawnerMixin.integration_classes.append(MLflowIntegration)
-c.MLflowIntegration.tracking_uri = {uri!r}
-"""
-AUTH_INI = """[mlflow]
-default_permission = READ
-database_uri = sqlite:///{db}
-admin_username = admin
-authorization_function = casa_hub.integrations.mlflow.server_auth:authenticate_request
-"""
 CLIENT = """
 import json, os, sys
 import mlflow
@@ -76,87 +64,10 @@ class Secret(str):
         return f"<token {len(self)} chars>"
 
 
-class MLflowServer:
-    """``mlflow server`` with the auth app and casa_hub's authorization function, on 127.0.0.1."""
-
-    def __init__(self, root: Path, port: int, issuer: str) -> None:
-        self.root, self.port, self.issuer = root, port, issuer
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = root / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        ini = self.root / "auth.ini"
-        ini.write_text(AUTH_INI.format(db=self.root / "auth.db"))
-        env = dict(
-            os.environ,
-            MLFLOW_AUTH_CONFIG_PATH=str(ini),
-            MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_urlsafe(24),
-            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
-            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # ~490 MB instead of ~2.3 GB
-            CASA_MLFLOW_ISSUER=self.issuer,
-            CASA_MLFLOW_AUDIENCE=AUDIENCE,
-            CASA_MLFLOW_REQUIRED_SCOPE="mlflow.write",
-        )
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1", "--app-name", "basic-auth",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"mlflow server did not answer /health within {timeout:.0f} s:\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        """SIGTERM to the server we started (its uvicorn worker exits with it); kill what is left."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            family = []
-        self.proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(family, timeout=20)
-        for p in alive:
-            p.kill()
-        self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def api(self, method: str, path: str, token: str | None, **kw) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return requests.request(method, f"{self.url}/api/2.0/mlflow/{path}", headers=headers, timeout=30, **kw)
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, admin_token):
+def site(shared_integrations_facility):
     """The facility (hub with the mlflow grant and integration) and the MLflow server trusting it."""
-    root = tmp_path_factory.mktemp("mlflow-site")
-    hub_port, mlflow_port = free_port(), free_port()
-    server = MLflowServer(root / "mlflow", mlflow_port, f"http://127.0.0.1:{hub_port}/hub/casa-issuer")
-    fac = make_facility(root / "facility", admin_token, name="mlflow", hub_port=hub_port,
-                        hub_configs=[HUB_CONFIG.format(grant=MLFLOW_GRANT, uri=server.url)])
-    server.start()  # starts while the hub starts; it fetches the issuer's keys at the first token
-    try:
-        with fac:
-            server.wait_ready()
-            yield fac, server
-    finally:
-        server.stop()
+    return shared_integrations_facility, shared_integrations_facility.mlflow_server
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +82,16 @@ def server(site) -> MLflowServer:
 
 @pytest.fixture(scope="module")
 def alice(facility_site, admin_token) -> dict:
-    """alice's running notebook server: its environment and her real token files."""
+    """alice's running notebook server, started here: its environment and her real token files."""
     fac = facility_site
+    stop_servers(fac, admin_token, "alice")  # a fresh server with fresh tokens
     model = login_and_start_server(fac.hub_url, admin_token, "alice", fac.password("alice"))
     env = read_server_environ(model["servers"][""]["state"]["pid"])
     token_dir = Path(env["CASA_TOKEN_DIR"])
-    return {"env": env, "token_dir": token_dir,
-            "mlflow": Secret((token_dir / "mlflow.token").read_text()),
-            "xcache": Secret((token_dir / "xcache.token").read_text())}
+    yield {"env": env, "token_dir": token_dir,
+           "mlflow": Secret((token_dir / "mlflow.token").read_text()),
+           "xcache": Secret((token_dir / "xcache.token").read_text())}
+    stop_servers(fac, admin_token, "alice")
 
 
 @pytest.fixture(scope="module")

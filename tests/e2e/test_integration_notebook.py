@@ -1,12 +1,17 @@
 """XCache, ServiceX, HTCondor and Triton configured in a real notebook started by the real hub.
 
-A facility of its own (provider, hub, proxy, issuer, local spawner; no Dask) with ``servicex`` and
+A facility (provider, hub, proxy, issuer, local spawner; no Dask) with ``servicex`` and
 ``triton`` grants added and the four integrations enabled by an extra hub config file, plus a
 site subclass of the ServiceX integration whose endpoint has a typo: that one must be skipped
 with a reason in the hub log while the notebook starts with everything else. alice signs in over
 HTTP, her server starts, and the tests read the server process's environment and files, then run
 the real clients (ServiceX, htcondor2 bindings, the Triton helper) in subprocesses with exactly
 that environment and cwd = her home, as a notebook kernel would.
+
+The facility is ``shared_integrations_facility`` (tests/support/shared_facilities.py, whose
+``INTEGRATIONS_CONFIG`` is the extra hub config), shared with test_integration_mlflow_e2e.py (which
+adds the MLflow integration and its grant) and test_login_rejections.py; alice's server is started
+here and stopped when this module ends.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from facilities import make_facility
+from facilities import stop_servers
 from helpers import login_and_start_server, read_server_environ, verify_with_published_jwks
 from integration_support import (
     BINDINGS_SCRIPT,
@@ -35,58 +40,30 @@ pytestmark = pytest.mark.e2e
 
 AUDIENCES = {"xcache": "casa-demo-xcache", "htcondor": "casa-demo-htcondor",
              "servicex": "casa-test-servicex", "triton": "casa-test-triton"}
-HUB_CONFIG = """
-from casa_hub.integrations import HTCondorIntegration, ServiceXIntegration, TritonIntegration
-
-
-class SecondServiceX(ServiceXIntegration):
-    name = "servicex-second"
-
-
-c.CasaTokenIssuer.grants.update({{
-    "servicex": {{"audience": "casa-test-servicex", "scopes": ["servicex.submit"], "groups": ["physicists"]}},
-    "triton": {{"audience": "casa-test-triton", "scopes": ["triton.infer"], "groups": ["physicists"]}},
-}})
-c.CasaSpawnerMixin.integration_classes.extend(
-    [ServiceXIntegration, HTCondorIntegration, TritonIntegration, SecondServiceX])
-c.XCacheIntegration.endpoint = "roots://xcache.casa.invalid:1094"
-c.XCacheIntegration.ca_dir = "/etc/ssl/certs"
-c.XCacheIntegration.client_settings = {{"XRD_REQUESTTIMEOUT": "120"}}
-c.ServiceXIntegration.endpoint = {servicex_url!r}
-c.SecondServiceX.endpoint = "servicex.casa.invalid"  # no scheme: skipped, reason in the hub log
-c.HTCondorIntegration.collector_host = "cm.casa.invalid:9618"
-c.HTCondorIntegration.schedd_host = "submit.casa.invalid"
-c.TritonIntegration.endpoints = {{"gpu": "grpc://127.0.0.1:8001"}}
-c.TritonIntegration.grant = "triton"
-c.TritonIntegration.model_repository = "s3://models/{{username}}"
-c.TritonIntegration.model_repository_credentials_file = "/etc/casa/s3/{{username}}.ini"
-"""
 
 
 @pytest.fixture(scope="module")
-def servicex_endpoint():
-    with RecordingServiceX() as sx:
-        yield sx
+def servicex_endpoint(shared_servicex) -> RecordingServiceX:
+    return shared_servicex
 
 
 @pytest.fixture(scope="module")
-def fac(tmp_path_factory, admin_token, servicex_endpoint):
-    root = tmp_path_factory.mktemp("integrations-facility")
-    facility = make_facility(root / "state", admin_token, name="integrations",
-                             hub_configs=[HUB_CONFIG.format(servicex_url=servicex_endpoint.url)])
-    with facility:
-        yield facility
+def fac(shared_integrations_facility, servicex_endpoint):
+    """Configured for ``servicex_endpoint`` (and the integrations above)."""
+    return shared_integrations_facility
 
 
 @pytest.fixture(scope="module")
 def notebook(fac, admin_token) -> dict:
-    """alice's running server: its environment, home, and her token values by grant."""
+    """alice's running server, started here: its environment, home, and her token values by grant."""
+    stop_servers(fac, admin_token, "alice")  # a fresh server with fresh tokens
     model = login_and_start_server(fac.hub_url, admin_token, "alice", fac.password("alice"))
     env = read_server_environ(model["servers"][""]["state"]["pid"])
     token_dir = Path(env["CASA_TOKEN_DIR"])
     tokens = {p.name.removesuffix(".token"): Secret(p.read_text().strip()) for p in token_dir.glob("*.token")}
-    return {"env": env, "home": Path(env["HOME"]), "tokens": tokens, "token_dir": token_dir,
-            "config_dir": Path(env["CASA_CONFIG_DIR"])}
+    yield {"env": env, "home": Path(env["HOME"]), "tokens": tokens, "token_dir": token_dir,
+           "config_dir": Path(env["CASA_CONFIG_DIR"])}
+    stop_servers(fac, admin_token, "alice")
 
 
 def run_in_notebook(notebook: dict, args: list[str]) -> subprocess.CompletedProcess:

@@ -1,7 +1,9 @@
 """Hostile logins through the real provider and the hub's real callback: refused, and nothing stored.
 
 The hub of this module talks to the provider's token endpoint through a small proxy run by the test
-(``token_url`` set by an extra hub config file). The proxy passes the provider's answers through, or
+(``token_url`` set by an extra hub config file). It is ``shared_integrations_facility``
+(tests/support/shared_facilities.py), where only alice has signed in before (test_integration_*.py,
+which stop her server when they end) and whose provider has the second client and the hostile users. The proxy passes the provider's answers through, or
 swaps the ID token for a tampered one, one issued to another client (same nonce, real signature), or
 one from another issuer that signs with the same key. Every refusal is checked in the page (status,
 message, no token or secret) and in the hub's database, opened read-only.
@@ -17,7 +19,6 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
-import threading
 import time
 from html import unescape
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
@@ -25,16 +26,15 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 import jwt
 import pytest
 import requests
-from facilities import make_facility
 from helpers import FORM_ACTION, admin_api, http_login, start_login, submit_login
+from shared_facilities import OTHER_REDIRECT
+from shared_facilities import REJECTED_NAMES as HOSTILE_NAMES
 from token_proxy import TokenProxy
 
 from casa_hub.demo.facility import PROVIDER_SCRIPT, DemoFacility, _http_status, free_port
 
 pytestmark = pytest.mark.e2e
 
-OTHER_REDIRECT = "http://127.0.0.1:9/other-app/callback"  # never visited: the code is read from Location
-HOSTILE_NAMES = {"dots": "../bob", "slash": "a/b", "newline": "alice\nadmin", "nul": "bob\x00"}
 
 
 # ---- a token endpoint proxy that can rewrite the provider's answer -------------------------------
@@ -139,67 +139,45 @@ def assert_refused(fac: DemoFacility, proxy: TokenProxy, r: requests.Response, s
 # ---- the facility under attack -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def proxy():
-    server = TokenProxy()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def proxy(shared_token_proxy) -> TokenProxy:
+    """Between the hub and the provider's token endpoint, since the facility started."""
+    return shared_token_proxy
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory, admin_token, proxy):
-    """A facility whose provider also knows a second client and users with hostile claims."""
+def hostile(shared_integrations_facility, proxy, tmp_path_factory):
+    """A facility whose provider also knows a second client (``other_client``) and users with hostile
+    claims (``passwords``), and another provider that signs with the same key (``other_issuer_url``)."""
+    fac = shared_integrations_facility
     tmp = tmp_path_factory.mktemp("rejections")
-    token_proxy = f"c = get_config()  # noqa: F821\nc.CasaOIDCAuthenticator.token_url = {proxy.url!r}\n"
-    fac = make_facility(tmp / "state", admin_token, name="hostile-login", hub_configs=[token_proxy])
-    fac.prepare()  # creates the client secret and demo users, reused by start()
     secret = (fac.state_dir / "secrets" / "oidc_client_secret").read_text()
-    other_client = ("other-app", secrets.token_urlsafe(24))
-    physicist = {"groups": ["physicists"], "password": secrets.token_urlsafe(12)}
-    extra_users = [dict(physicist, username="frank")]
-    extra_users += [dict(physicist, username="nameless", claims={"preferred_username": None})]
-    extra_users += [dict(physicist, username=k, claims={"preferred_username": v}) for k, v in HOSTILE_NAMES.items()]
-    fac.idp_overrides = {
-        "clients": [
-            {"client_id": "casa-hub", "client_secret": secret, "redirect_uris": [f"{fac.hub_url}/hub/oauth_callback"]},
-            {"client_id": other_client[0], "client_secret": other_client[1], "redirect_uris": [OTHER_REDIRECT]},
-        ],
-        "users": fac.users() + extra_users,
-    }
-    proxy.upstream = f"{fac.idp_url}/token"
-    passwords = {u["username"]: u["password"] for u in fac.idp_overrides["users"]}
-    with fac:
-        # another provider that signs with the same key under another issuer name
-        port = free_port()
-        config = tmp / "other-idp.json"
-        config.write_text(json.dumps({
-            "issuer": f"http://127.0.0.1:{port}",
-            "clients": [{"client_id": "casa-hub", "client_secret": secret, "redirect_uris": [OTHER_REDIRECT]}],
-            "users": [u for u in fac.idp_overrides["users"] if u["username"] == "alice"],
-            "jwks_file": str(fac.state_dir / "idp" / "idp-signing-keys.json"),
-        }))
-        config.chmod(0o600)
-        with open(tmp / "other-idp.log", "wb") as log:
-            other_issuer = subprocess.Popen(
-                [shutil.which("node"), str(PROVIDER_SCRIPT), str(config)], stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, CASA_NODE_MODULES=str(fac.node_modules)))
-        try:
-            for _ in range(300):
-                assert other_issuer.poll() is None, (tmp / "other-idp.log").read_text()
-                if _http_status(f"http://127.0.0.1:{port}/healthz") == 200:
-                    break
-                time.sleep(0.2)
-            else:
-                raise AssertionError(f"the second provider did not start:\n{(tmp / 'other-idp.log').read_text()}")
-            fac.other_issuer_url = f"http://127.0.0.1:{port}"
-            fac.other_client = other_client
-            fac.passwords = passwords
-            yield fac
-        finally:
-            other_issuer.terminate()
-            other_issuer.wait(30)
+    # another provider that signs with the same key under another issuer name
+    port = free_port()
+    config = tmp / "other-idp.json"
+    config.write_text(json.dumps({
+        "issuer": f"http://127.0.0.1:{port}",
+        "clients": [{"client_id": "casa-hub", "client_secret": secret, "redirect_uris": [OTHER_REDIRECT]}],
+        "users": [u for u in fac.idp_overrides["users"] if u["username"] == "alice"],
+        "jwks_file": str(fac.state_dir / "idp" / "idp-signing-keys.json"),
+    }))
+    config.chmod(0o600)
+    with open(tmp / "other-idp.log", "wb") as log:
+        other_issuer = subprocess.Popen(
+            [shutil.which("node"), str(PROVIDER_SCRIPT), str(config)], stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, CASA_NODE_MODULES=str(fac.node_modules)))
+    try:
+        for _ in range(300):
+            assert other_issuer.poll() is None, (tmp / "other-idp.log").read_text()
+            if _http_status(f"http://127.0.0.1:{port}/healthz") == 200:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the second provider did not start:\n{(tmp / 'other-idp.log').read_text()}")
+        fac.other_issuer_url = f"http://127.0.0.1:{port}"
+        yield fac
+    finally:
+        other_issuer.terminate()
+        other_issuer.wait(30)
 
 
 @pytest.fixture(scope="module")

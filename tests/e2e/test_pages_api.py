@@ -8,7 +8,7 @@ import re
 
 import pytest
 import requests
-from facilities import make_facility
+from facilities import stop_servers
 from helpers import admin_api, http_login, login_and_start_server, read_server_environ
 from pages_support import secret_values
 
@@ -93,12 +93,12 @@ def test_an_admin_service_reads_a_named_user_but_has_no_summary_of_its_own(facil
 
 
 @pytest.fixture(scope="module")
-def dask_site(tmp_path_factory, admin_token):
-    """The demo facility with its embedded Dask Gateway (a real gateway, local backend)."""
+def dask_site(shared_dask_facility, admin_token):
+    """The demo facility with its embedded Dask Gateway (a real gateway, local backend), shared with
+    test_dask_gateway_e2e.py and test_renewal_e2e.py; alice's server is stopped when the module ends."""
     pytest.importorskip("dask_gateway_server")
-    fac = make_facility(tmp_path_factory.mktemp("pages-dask") / "facility", admin_token, name="pages-dask", dask=True)
-    with fac:
-        yield fac
+    yield shared_dask_facility
+    stop_servers(shared_dask_facility, admin_token, "alice")
 
 
 def test_the_dask_section_names_the_users_cluster_from_the_real_gateway(dask_site, admin_token):

@@ -1,7 +1,12 @@
 """Profiles in the real hub with local notebooks: a user is offered only their groups' profiles on
 /hub/spawn; a hand-made form post (with a valid XSRF token) or API call for another group's profile
 is refused with 403 and starts nothing; a valid choice starts a server whose environment carries
-the profile's resources and env. Then the broker's fresh token reaches the running server's file."""
+the profile's resources and env. Then the broker's fresh token reaches the running server's file.
+
+The facility's profiles (``shared_facilities.PROFILES_CONFIG``: standard and large for physicists,
+operations and admin-gpu for facility admins; no renewal agent in servers) are those of
+``shared_pages_facility``, shared with the browser's page tests and other modules; alice's server is
+stopped when this module ends."""
 
 from __future__ import annotations
 
@@ -11,36 +16,20 @@ from pathlib import Path
 
 import pytest
 import requests
-from facilities import make_facility
+from facilities import stop_servers
 from helpers import admin_api, http_login, read_server_environ, wait_for_server
 
 from casa_hub.demo.facility import DemoFacility
 
 pytestmark = pytest.mark.e2e
 
-PROFILES_CONFIG = '''
-c.CasaProfiles.profiles = [
-    {"slug": "standard", "display_name": "Standard analysis", "description": "2 CPUs, 4 GB",
-     "groups": ["physicists"], "cpu_limit": 2, "mem_limit": "4G", "default": True,
-     "env": {"CASA_SITE_QUEUE": "standard"}},
-    {"slug": "large", "display_name": "Large memory", "description": "4 CPUs, 16 GB",
-     "groups": ["physicists"], "cpu_limit": 4, "mem_limit": "16G",
-     "env": {"CASA_SITE_QUEUE": "large"}},
-    {"slug": "admin-gpu", "display_name": "GPU (facility admins)", "groups": ["facility-admins"],
-     "gpus": 1, "mem_limit": "32G", "env": {"CASA_SITE_QUEUE": "gpu"}},
-]
-# the broker's own update of the token file is checked here, not the notebook's renewal agent
-c.CasaSpawnerMixin.renewal_agent = False
-'''
 XSRF = re.compile(r'xsrf_token: "([^"]+)"')
 
 
 @pytest.fixture(scope="module")
-def profiles_facility(tmp_path_factory, admin_token):
-    state = tmp_path_factory.mktemp("profiles-facility")
-    fac = make_facility(state, admin_token, name="profiles", hub_configs=[PROFILES_CONFIG])
-    with fac:
-        yield fac
+def profiles_facility(shared_pages_facility, admin_token):
+    yield shared_pages_facility
+    stop_servers(shared_pages_facility, admin_token, "alice")
 
 
 def spawn_page(fac: DemoFacility, username: str) -> tuple[requests.Session, str, str]:
@@ -89,7 +78,7 @@ def test_a_valid_choice_starts_a_server_with_the_profile(profiles_facility, admi
     assert model["servers"][""]["user_options"] == {"profile": "large"}
     env = read_server_environ(model["servers"][""]["state"]["pid"])
     assert env["CASA_PROFILE"] == "large" and env["CASA_SITE_QUEUE"] == "large"
-    assert env["MEM_LIMIT"] == str(16 * 2**30) and float(env["CPU_LIMIT"]) == 4.0
+    assert env["MEM_LIMIT"] == str(8 * 2**30) and float(env["CPU_LIMIT"]) == 2.0  # large: 8G, 2 CPUs
     token_file = Path(env["BEARER_TOKEN_FILE"])
     assert token_file.is_file()
 

@@ -2,7 +2,9 @@
 separate agent, and as ``casa-hub renew-tokens``.
 
 The facility here has a 45 s xcache grant (renewed after 30 s) and the in-server agent looks for new
-token files every 2 s, so renewals happen while the tests watch.
+token files every 2 s, so renewals happen while the tests watch. It is the Dask facility, shared with
+test_dask_gateway_e2e.py and test_pages_api.py (``shared_dask_facility``, tests/support/shared_facilities.py):
+their servers are stopped when they end, and alice's server of this module when it ends.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jwt
 import psutil
 import pytest
 import requests
-from facilities import running_facility
+from facilities import stop_servers
 from helpers import (
     admin_api,
     http_login,
@@ -29,6 +31,7 @@ from helpers import (
     read_server_environ,
     verify_with_published_jwks,
 )
+from shared_facilities import RENEWAL_LIFETIME as LIFETIME
 
 from casa_hub.common.ports import free_port
 from casa_hub.tokens.renewal.agent import CasaTokenRenewal
@@ -36,34 +39,26 @@ from casa_hub.tokens.renewal.files import write_token_file
 
 pytestmark = pytest.mark.e2e
 
-LIFETIME = 45
 EXTENSION_ARG = "--ServerApp.jpserver_extensions=casa_hub.tokens.renewal.server_extension=True"
-SHORT_GRANTS = f"""
-c.CasaTokenIssuer.grants = {{
-    "xcache": {{"audience": "casa-demo-xcache", "scopes": ["storage.read:/user/{{username}}"],
-               "lifetime": {LIFETIME}, "groups": ["physicists"]}},
-    "operations": {{"audience": "casa-demo-xcache", "scopes": ["storage.read:/"], "lifetime": 600,
-                   "groups": ["facility-admins"]}},
-}}
-c.Spawner.args.append("--CasaTokenRenewal.rescan_interval=2")  # merged into the demo's args
-"""
 
 
 @pytest.fixture(scope="module")
-def short_facility(tmp_path_factory, admin_token):
-    with running_facility(tmp_path_factory, "renewal", admin_token, SHORT_GRANTS) as fac:
-        yield fac
+def short_facility(shared_dask_facility):
+    """The 45 s xcache grant and the 2 s rescan: shared_facilities.RENEWAL_CONFIG."""
+    return shared_dask_facility
 
 
 @pytest.fixture(scope="module")
 def alice(short_facility, admin_token):
-    """alice's running server: its pid and environment (token dir, hub credential, API URL)."""
+    """alice's running server, started here: its pid and environment (token dir, hub credential, API URL)."""
+    stop_servers(short_facility, admin_token, "alice")  # a fresh server: its first token is fresh
     model = login_and_start_server(short_facility.hub_url, admin_token, "alice", short_facility.password("alice"))
     pid = model["servers"][""]["state"]["pid"]
     env = read_server_environ(pid)
     token_dir = Path(env["CASA_TOKEN_DIR"])
     first = (token_dir / "xcache.token").read_text()
-    return {"pid": pid, "env": env, "token_dir": token_dir, "first_xcache": first}
+    yield {"pid": pid, "env": env, "token_dir": token_dir, "first_xcache": first}
+    stop_servers(short_facility, admin_token, "alice")
 
 
 def fake_token(grant: str, exp_in: float = 60) -> str:

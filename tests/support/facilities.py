@@ -97,15 +97,17 @@ def stop_servers(fac: DemoFacility, admin_token: str, *usernames: str, timeout: 
 
 #: session fixtures of shared facilities -> how to stop them (``release_after_last_use``)
 _RELEASE: dict[str, Callable[[], None]] = {}
-#: fixture name -> the last test of the run that uses it (filled at the first teardown)
+#: fixture name -> the test of the run after which no fixture needs it any more (filled at the first
+#: teardown, when the run's tests are known): the last test of the last module with a test using it
+#: (``fixturenames`` includes the fixtures' own fixtures; a module's fixtures end with its last test)
 _LAST_USER: dict[str, Any] = {}
 
 
 def release_after_last_use(fixture: str, stop: Callable[[], None]) -> None:
-    """Have ``stop`` called right after the teardown of the last test of the run that uses the session
-    fixture ``fixture`` (directly or through other fixtures), instead of at the end of the session:
-    a shared facility lives no longer than the module facilities it replaces did. ``stop`` must be
-    harmless to call again (the fixture's own teardown still runs at the end)."""
+    """Have ``stop`` called right after the last module of the run with a test that uses the session
+    fixture ``fixture`` (directly or through other fixtures) has ended, instead of at the end of the
+    session: a shared facility lives no longer than the module facilities it replaces did. ``stop``
+    must be harmless to call again (the fixture's own teardown still runs at the end)."""
     _RELEASE[fixture] = stop
 
 
@@ -114,10 +116,12 @@ def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
     if not _RELEASE:
         return
     if not _LAST_USER:
+        _LAST_USER[""] = None
+        last_of_module = {test.path: test for test in item.session.items}
         for test in item.session.items:
             for name in getattr(test, "fixturenames", ()):
-                _LAST_USER[name] = test
-    for name in [n for n in _RELEASE if _LAST_USER.get(n) is item]:
+                _LAST_USER[name] = last_of_module[test.path]
+    for name in reversed([n for n in _RELEASE if _LAST_USER.get(n) is item]):  # the last set up first
         _RELEASE.pop(name)()
 
 

@@ -1,0 +1,112 @@
+"""The physicist's first day on the embedded facility: sign in, the server starts with a Dask cluster,
+the example notebook is in the home directory, and the notebook's own code (no set-up) reads the sample
+data set by name, runs the ttbar selection on the cluster's workers and logs the result to MLflow as
+the user. The histograms are compared with an independent computation on the same files.
+
+Real here: provider, hub, proxy, the notebook server process and its environment, Dask Gateway with
+local workers, the MLflow server with casa_hub's auth plugin. Not here: the XRootD cache (the demo
+reads its sample data from local files when no cache is configured; the cache path is
+tests/site/test_integration_xcache_notebook.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from facilities import make_facility
+from helpers import admin_api, http_login, login_and_start_server, read_server_environ
+
+pytest.importorskip("coffea")
+pytest.importorskip("dask_gateway_server")
+
+FILES, EVENTS = 2, 400
+#: the notebook's cells, as a physicist runs them (examples/ttbar_analysis.ipynb), then a summary line
+NOTEBOOK_CODE = """
+import json
+from casa_hub.analysis import fileset, log_to_mlflow, run
+from casa_hub.analysis.ttbar import Cuts
+from casa_hub.dask import get_client
+
+client = get_client()
+files = fileset(["ttbar"])
+# loose cuts: the small sample fills both regions (tests/unit/test_analysis.py LOOSE)
+loose = Cuts(jet_pt=15, lepton_pt=10, btag=0.2, electron_id=0, muon_tight_id=False, muon_iso=1e9)
+result = run(files, client=client, cuts=loose)
+logged = log_to_mlflow(result)
+print("RESULT " + json.dumps({
+    "events": result["events"], "files": sorted(files["ttbar"]["files"]), "cutflow": result["cutflow"]["ttbar"],
+    "ht": result["histograms"]["ht_4j1b"][{"dataset": "ttbar"}].values(flow=True).tolist(),
+    "mbjj": result["histograms"]["mbjj_4j2b"][{"dataset": "ttbar"}].values(flow=True).tolist(),
+    "logged": str(logged), "workers": len(client.scheduler_info()["workers"]),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fac(tmp_path_factory, admin_token):
+    facility = make_facility(tmp_path_factory.mktemp("analysis") / "state", admin_token, name="analysis",
+                             dask=True, mlflow=True, data_files=FILES, data_events=EVENTS)
+    with facility:
+        yield facility
+
+
+def test_the_example_analysis_runs_from_the_notebook_environment(fac, admin_token, tmp_path):
+    user = login_and_start_server(fac.hub_url, admin_token, "alice", fac.password("alice"))
+    env = read_server_environ(user["servers"][""]["state"]["pid"])
+    home = fac.state_dir / "homes" / "alice"
+    assert (home / "ttbar_analysis.ipynb").exists(), "the example notebook is in alice's home"
+    assert "JUPYTERHUB_API_TOKEN" in env and "MLFLOW_TRACKING_URI" in env and "CASA_FILESET" in env
+
+    run = subprocess.run([sys.executable, "-c", NOTEBOOK_CODE], env=env, cwd=home, capture_output=True,
+                         text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))
+    got = json.loads(line[len("RESULT "):])
+    assert got["events"] == FILES * EVENTS, "every event of the data set was processed"
+    assert got["workers"] >= 1, "the analysis ran on the cluster's workers"
+    assert len(got["files"]) == FILES and all(u.startswith("file://") for u in got["files"])
+
+    expected = independent_histograms([u[len("file://"):] for u in got["files"]])
+    assert got["cutflow"] == expected["cutflow"], "same cut flow as uproot directly"
+    assert got["ht"] == expected["ht_4j1b"].tolist() and got["mbjj"] == expected["mbjj_4j2b"].tolist(), \
+        "same histograms as uproot directly"
+    assert sum(got["ht"]) > 0 and sum(got["mbjj"]) > 0, "both regions are filled"
+
+    # MLflow holds alice's run, with the metrics and the histogram
+    assert "NOT logged" not in got["logged"], got["logged"]
+    s, r = http_login(fac.hub_url, "alice", fac.password("alice"))
+    token = s.post(f"{fac.hub_url}/hub/api/casa/tokens/mlflow", headers={"X-XSRFToken": s.cookies.get("_xsrf", "")},
+                   timeout=30).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    found = requests.post(f"{fac.mlflow_url}/api/2.0/mlflow/runs/search", headers=headers, timeout=30,
+                          json={"experiment_ids": experiment_ids(fac, headers)}).json()["runs"]
+    assert found, "a run in MLflow"
+    run_info = found[0]
+    metrics = {m["key"]: m["value"] for m in run_info["data"]["metrics"]}
+    assert metrics.get("events_processed") == FILES * EVENTS, metrics
+    assert run_info["info"]["user_id"] == "alice", "the run is alice's"
+    artifacts = requests.get(f"{fac.mlflow_url}/api/2.0/mlflow/artifacts/list", headers=headers, timeout=30,
+                             params={"run_id": run_info["info"]["run_id"]}).json().get("files", [])
+    assert any(a["path"].endswith(".png") for a in artifacts), artifacts
+    assert admin_api(fac.hub_url, admin_token, "/users/alice").status_code == 200
+
+
+def experiment_ids(fac, headers: dict) -> list[str]:
+    r = requests.post(f"{fac.mlflow_url}/api/2.0/mlflow/experiments/search", headers=headers, timeout=30,
+                      json={"max_results": 100})
+    return [e["experiment_id"] for e in r.json().get("experiments", [])]
+
+
+def independent_histograms(paths: list[str]) -> dict:
+    """The same selection with the unit tests' own uproot implementation (tests/unit/test_analysis.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    try:
+        import test_analysis as unit
+    finally:
+        sys.path.pop(0)
+    return unit.reference([Path(p) for p in paths], unit.LOOSE)
