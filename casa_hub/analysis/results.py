@@ -42,7 +42,7 @@ def histograms_json(result: dict[str, Any]) -> dict[str, Any]:
         for dataset in h.axes["dataset"]:
             one = h[{"dataset": dataset}]
             flow = one.values(flow=True)
-            datasets[dataset] = {"values": one.values().tolist(), "variances": one.variances().tolist(),
+            datasets[dataset] = {"values": one.values().tolist(), "variances": (v.tolist() if (v := one.variances()) is not None else None),
                                  "underflow": float(flow[0]), "overflow": float(flow[-1])}
         out[name] = {"label": axis.label, "edges": axis.edges.tolist(), "datasets": datasets}
     return out

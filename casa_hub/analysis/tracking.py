@@ -101,7 +101,9 @@ def log_to_mlflow(result: Mapping[str, Any], *, experiment: str | None = None, r
             client = mlflow.MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-            run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+            user = os.environ.get("JUPYTERHUB_USER") or getpass.getuser()  # the token's subject in a notebook
+            run_id = client.create_run(experiment_id, run_name=run_name,
+                                       tags={"mlflow.user": user, **dict(tags or {})}).info.run_id
             now = int(time.time() * 1000)
             params = [Param(k, str(v)) for k, v in result.get("parameters", {}).items()]
             metrics = [Metric(k, v, now, 0) for k, v in metrics_of(result).items()]

@@ -91,7 +91,7 @@ def test_the_example_analysis_runs_from_the_notebook_environment(fac, admin_toke
     assert metrics.get("events_processed") == FILES * EVENTS, metrics
     assert run_info["info"]["user_id"] == "alice", "the run is alice's"
     artifacts = requests.get(f"{fac.mlflow_url}/api/2.0/mlflow/artifacts/list", headers=headers, timeout=30,
-                             params={"run_id": run_info["info"]["run_id"]}).json().get("files", [])
+                             params={"run_id": run_info["info"]["run_id"], "path": "histograms"}).json().get("files", [])
     assert any(a["path"].endswith(".png") for a in artifacts), artifacts
     assert admin_api(fac.hub_url, admin_token, "/users/alice").status_code == 200
 
