@@ -17,5 +17,11 @@ site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purel
 own=$(.venv-jh5/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 printf '%s\n%s\n' "$PWD" "$site" > "$own/zz-casa-venv.pth"
 .venv-jh5/bin/python -m pip install -q --no-deps "jupyterhub==$JH5" 2> >(grep -v "is ignored: it is neither" >&2)
+# the commands of .venv that .venv-jh5 lacks (dask, mlflow, ...: the demo and the gateway run them
+# from the Python's own bin directory); jupyterhub's own come from the package just installed
+for cmd in .venv/bin/*; do
+  name=$(basename "$cmd")
+  [ -e ".venv-jh5/bin/$name" ] || ln -s "$PWD/$cmd" ".venv-jh5/bin/$name"
+done
 .venv-jh5/bin/python -c "import jupyterhub, casa_hub; assert jupyterhub.__version__ == '$JH5', jupyterhub.__version__"
 touch "$stamp"
