@@ -73,6 +73,8 @@ def plain(value: Any) -> Any:
         return {key: plain(v) for key, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if callable(value):  # a hook defined by a config file: each load defines a new function object
+        return f"<callable {getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}>"
     return value
 
 
