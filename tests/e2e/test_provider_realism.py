@@ -89,6 +89,11 @@ def test_groups_only_in_userinfo_are_read_at_login_and_again_at_every_refresh(fa
     assert "alice must sign in again: the account is no longer in an allowed group" in log
     after = admin_api(fac.hub_url, admin_token, "/users/alice").json()["auth_state"]
     assert after["casa_oidc"]["login_required"] and "refresh_token" not in after
+    for _ in range(5):  # the browser session keeps asking: each request is sent to the login, no traceback
+        page = s.get(f"{fac.hub_url}/hub/api/user", timeout=30)
+        assert page.status_code == 403, page.status_code
+    log = (fac.log_dir / "hub.log").read_text()
+    assert "Traceback" not in log and "_token_authenticated" not in log, "a traceback per request"
 
     set_groups_at_provider(fac, "alice", ["physicists"])  # back: the next login restores everything
     s, r = http_login(fac.hub_url, "alice", fac.password("alice"))
