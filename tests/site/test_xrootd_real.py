@@ -24,6 +24,7 @@ import pytest
 import requests
 from traitlets.config import Config
 from xrootd_fixture import (
+    ADMIN_USER,
     CACHE_AUDIENCE,
     CACHE_HTTPS_PORT,
     CACHE_PORT,
@@ -348,7 +349,7 @@ def test_users_not_listed_read_no_per_user_path(xrootd_facility, xrootd_site):
 def test_admins_read_the_whole_namespace_with_any_token_of_the_audience(xrootd_facility, xrootd_site):
     """Prefix-safe mode authorizes by subject and groups: a facility admin's per-user xcache token reads
     what the operations grant allows admins (all of /store), as the README says."""
-    token = broker_token(xrootd_facility, CACHE_SERVICE_USER, "xcache")
+    token = broker_token(xrootd_facility, ADMIN_USER, "xcache")
     assert read(xrootd_site, "cache root://", user_file("bob"), token) == "READ"
     assert read(xrootd_site, "cache https", user_file("alice"), token) == "READ"
 

@@ -27,23 +27,37 @@ own cache, so use a fresh one. ``XRootDSite.cached_jwks()`` shows what each serv
 signed by a key the hub no longer publishes is then refused with "Key ID is not published by the
 issuer" (xrdcp exit code 52, https 403).
 
+The cache's own token for the origin (README, "The cache's own credential") is a token of the hub account
+``xcache-svc``, the only member of ``xcache-service``, in ``BEARER_TOKEN_FILE`` = ``cache/tokens/<grant>.token``
+(grant ``xcache-origin``, 6 h; ``XRootDSite(cache_grant=SHORT_CACHE_GRANT)``: 40 s). It is minted at start
+through a login of the account, or, with ``cache_api_token`` (the account's API token, renew scope only), by
+``casa-hub renew-tokens --once`` into an empty file. ``start_renewer``/``stop_renewer`` run
+``casa-hub renew-tokens`` beside the cache as the servers' user, so that the files it writes are the cache's
+(if this Python lives below a directory that user cannot enter, e.g. a pyenv in /root, the renewer runs in a
+private mount namespace where an empty directory replaces it, holding only the way to the Python);
+``HubRelay`` is a way to the hub that a test can cut.
+
 xrootd refuses to run as root: the servers run as the system user ``casa-xrootd`` (created with
 useradd if missing; it is kept, it owns no files after teardown). Teardown stops every process it
-started, by PID, deletes the namespace and removes the run directory.
+started (renewer included), by PID, deletes the namespace and removes the run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +67,7 @@ from facilities import make_facility
 from helpers import http_login
 from xrootd_tls import hashed_ca_dir, make_test_ca
 
-from casa_hub.common.files import write_private
+from casa_hub.common.files import token_file_name, write_private
 from casa_hub.demo.facility import HUB_CONFIG, DemoFacility
 
 SERVICE_USER = "casa-xrootd"
@@ -66,21 +80,28 @@ DATA_OWNERS = ("alice", "bob", "bobby", "ali")
 BRIDGE = Path(__file__).with_name("xrootd_bridge.py")
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
-# The cache reaches the origin with its own token: a grant for facility admins, 6 h.
+# The cache reaches the origin with its own token (README, "The cache's own credential"): the hub account
+# xcache-svc, the only member of the group xcache-service, receives the grant xcache-origin (6 h) and, for
+# tests/site/test_cache_credential.py, xcache-origin-short (40 s, renewed by `casa-hub renew-tokens`).
+CACHE_SERVICE_USER = "xcache-svc"
+CACHE_SERVICE_GROUP = "xcache-service"
+CACHE_GRANT, SHORT_CACHE_GRANT, SHORT_CACHE_LIFETIME = "xcache-origin", "xcache-origin-short", 40
 EXTRA_HUB_CONFIG = f"""\
 c = get_config()  # noqa: F821
 c.CasaTokenIssuer.grants.update({{
-    "xcache-origin": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/"],
-                       "lifetime": 6 * 3600, "groups": ["facility-admins"]}},
+    "{CACHE_GRANT}": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/"],
+                       "lifetime": 6 * 3600, "groups": ["{CACHE_SERVICE_GROUP}"]}},
+    "{SHORT_CACHE_GRANT}": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/"],
+                             "lifetime": {SHORT_CACHE_LIFETIME}, "groups": ["{CACHE_SERVICE_GROUP}"]}},
 }})
 c.CasaTokenIssuer.key_reload_interval = 0.5  # key rotation test: follow the key directory at once
 """
-# xrootd_facility only: users whose names extend alice's and bob's, a service user whose token the cache
-# uses for the origin (the one facility admin there: in prefix-safe mode an admin reads all of /store with
-# any token of the audience, see README), and a per-user grant for the origin's audience (users reading
-# the origin directly, so that it is tested as the cache is)
+# xrootd_facility only: users whose names extend alice's and bob's, the cache's service account, a facility
+# admin (in prefix-safe mode an admin reads all of /store with any token of the audience, see README), and
+# a per-user grant for the origin's audience (users reading the origin directly, so that it is tested as
+# the cache is)
 PREFIX_USERS = ("bobby", "ali")
-CACHE_SERVICE_USER = "xcache-svc"
+ADMIN_USER = "opsadmin"
 USERS_HUB_CONFIG = f"""\
 c = get_config()  # noqa: F821
 c.CasaTokenIssuer.grants.update({{
@@ -92,6 +113,82 @@ c.CasaTokenIssuer.grants.update({{
 
 class XRootDSetupError(RuntimeError):
     """The XRootD test site could not be started; the message says what failed."""
+
+
+def _closed_directory(path: Path) -> tuple[Path, Path] | None:
+    """The first directory on the way to ``path`` that other users cannot enter, and its child on that way."""
+    for d, child in itertools.pairwise([*reversed(path.parents), path]):
+        if not d.stat().st_mode & 0o001:
+            return d, child
+    return None
+
+
+class HubRelay:
+    """A TCP relay 127.0.0.1:<port> -> the hub, in this process. ``stop()`` makes the hub unreachable through
+    it (connection refused) without touching the hub; ``start()`` listens on the same port again."""
+
+    def __init__(self, hub_port: int) -> None:
+        self.hub_port = hub_port
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.start()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hub/api"
+
+    def start(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.2)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop listening and cut the open connections: the port refuses connections until ``start()``."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while self._server is server:
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.hub_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:  # one side is done: end both directions, then close the side this thread read
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(src)
+            src.close()
 
 
 def xrootd_missing() -> str | None:
@@ -156,7 +253,14 @@ class XRootDSite:
     files: dict[str, bytes] = field(default_factory=dict)
     startup_seconds: float = 0.0
     mode: str = "prefix-safe"  # or "scope": the plain scitokens.cfg (see the module docstring)
-    cache_token_user: str = "bob"  # a facility admin: the cache's own token for the origin is theirs
+    cache_token_user: str = CACHE_SERVICE_USER  # the hub account whose token the cache uses for the origin
+    cache_grant: str = CACHE_GRANT  # ... of this grant, in cache_token_file
+    #: the account's API token (renew scope only): the cache's first token is then written by
+    #: `casa-hub renew-tokens --once` into an empty file, as README "The cache's own credential" says;
+    #: None: by a login of cache_token_user and the broker
+    cache_api_token: str | None = None
+    #: more lines for the cache's xrootd.cfg (e.g. ``pss.setopt DataServerTTL 10``)
+    cache_extra_config: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # short, and without the facility's secrets
         return f"XRootDSite(netns={self.netns!r}, run_dir={str(self.run_dir)!r})"
@@ -181,6 +285,16 @@ class XRootDSite:
 
     def key_cache(self, name: str) -> Path:
         return self.server_dir(name) / "xdg-cache" / "scitokens" / "scitokens_cpp.sqllite"
+
+    @property
+    def cache_token_dir(self) -> Path:
+        """The cache's token directory (0700, the service user's): ``$CASA_TOKEN_DIR`` of its renewer."""
+        return self.server_dir("cache") / "tokens"
+
+    @property
+    def cache_token_file(self) -> Path:
+        """The cache's ``BEARER_TOKEN_FILE``: ``<cache_token_dir>/<cache_grant>.token``."""
+        return self.cache_token_dir / token_file_name(self.cache_grant)
 
     # -- lifecycle
     def start(self, timeout: float = 60.0) -> None:
@@ -240,7 +354,7 @@ class XRootDSite:
 
     def stop(self) -> None:
         """Stop every process this site started (by PID), delete the namespace and the run directory."""
-        for name in ("cache", "origin", "forwarder", "bridge"):
+        for name in ("renewer", "cache", "origin", "forwarder", "bridge"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -290,6 +404,7 @@ class XRootDSite:
             f"pss.origin localhost:{ORIGIN_PORT}",
             f"oss.localroot {self.server_dir('cache') / 'data'}",
             "pfc.ram 1g",
+            *self.cache_extra_config,
         ]
         for name, lines, audience in (("origin", origin, ORIGIN_AUDIENCE), ("cache", cache, CACHE_AUDIENCE)):
             d = self.server_dir(name)
@@ -307,12 +422,19 @@ class XRootDSite:
                 os.chown(d / sub, user.pw_uid, user.pw_gid)
             if name == "cache":
                 os.chown(d / "data", user.pw_uid, user.pw_gid)
-        # the cache's own token for the origin, from the broker (for a facility admin)
-        token_file = self.server_dir("cache") / "origin.token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # the cache's own token for the origin, in a 0700 directory of the service user
+        self.cache_token_dir.mkdir(mode=0o700)
+        os.chown(self.cache_token_dir, user.pw_uid, user.pw_gid)
+        fd = os.open(self.cache_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(broker_token(self.facility, self.cache_token_user, "xcache-origin"))
-        os.chown(token_file, user.pw_uid, user.pw_gid)
+            if self.cache_api_token is None:  # from the broker, for the service account signed in
+                f.write(broker_token(self.facility, self.cache_token_user, self.cache_grant))
+        os.chown(self.cache_token_file, user.pw_uid, user.pw_gid)
+        if self.cache_api_token is not None:  # empty: the renewer fills it at once
+            r = self.run_renewer(f"{self.facility.hub_url}/hub/api", self.cache_api_token, "--once")
+            if r.returncode != 0:
+                raise XRootDSetupError(f"casa-hub renew-tokens --once failed ({r.returncode}): {r.stdout} "
+                                       f"{self.log_tail('renewer')}")
         # the trust bundle the xrootd processes see instead of the system one: the test CA only
         self.trust_bundle = self.run_dir / "tls" / "trust-bundle.pem"
         shutil.copy(self.ca_pem, self.trust_bundle)
@@ -361,12 +483,69 @@ class XRootDSite:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CACHE_HOME": str(d / "xdg-cache"),
                "X509_CERT_DIR": str(self.ca_dir), "HOME": str(d)}
         if name == "cache":
-            env["BEARER_TOKEN_FILE"] = str(d / "origin.token")
+            env["BEARER_TOKEN_FILE"] = str(self.cache_token_file)
         # a private mount namespace (ip netns exec makes one): the test CA replaces the CA bundle there only
         script = 'mount --bind "$0" "$1" && shift && exec "$@"'
         self._spawn(name, ["ip", "netns", "exec", self.netns, "sh", "-c", script, str(self.trust_bundle),
                            SYSTEM_BUNDLE, "xrootd", "-R", SERVICE_USER, "-n", name, "-c", str(d / "xrootd.cfg"),
                            "-l", str(d / "log" / "xrootd.log")], env=env)
+
+    # -- the cache's renewer: `casa-hub renew-tokens` as the service user, beside the cache
+    def renewer_command(self, *args: str) -> list[str]:
+        """``casa-hub renew-tokens --token-dir <cache_token_dir> ARGS`` as the user the servers run as (as
+        a systemd unit with ``User=`` would run it): the files it writes are the cache's."""
+        user = pwd.getpwnam(SERVICE_USER)
+        cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+               sys.executable, "-m", "casa_hub.cli", "renew-tokens", "--token-dir", str(self.cache_token_dir), *args]
+        closed = _closed_directory(Path(sys.base_prefix).resolve())
+        if closed is None:
+            return cmd
+        # this Python lives below a directory the service user cannot enter (a pyenv in /root): in a private
+        # mount namespace, an empty directory replaces it, with only the way to the Python bound back in
+        blocked, child = closed
+        stage = Path(tempfile.mkdtemp(prefix="python-", dir=self.run_dir))
+        script = ('mount --bind "$1" "$2" && mount -t tmpfs -o mode=0755 casa-python "$3" && mkdir "$1" && '
+                  'mount --move "$2" "$1" && shift 3 && exec "$@"')
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                str(child), str(stage), str(blocked), *cmd]
+
+    def _renewer_env(self, api_url: str, api_token: str) -> dict[str, str]:
+        # the hub credential only in the environment (never argv), as the command requires
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.cache_token_dir),
+                "PYTHONDONTWRITEBYTECODE": "1", "JUPYTERHUB_API_URL": api_url, "JUPYTERHUB_API_TOKEN": api_token}
+
+    def run_renewer(self, api_url: str, api_token: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``casa-hub renew-tokens ARGS`` (e.g. ``--once``) to completion; stderr goes to logs/renewer.log."""
+        with open(self.log_dir / "renewer.log", "ab") as log:
+            return subprocess.run(self.renewer_command(*args), env=self._renewer_env(api_url, api_token),
+                                  stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                                  timeout=timeout)
+
+    def start_renewer(self, api_url: str, api_token: str, *args: str) -> subprocess.Popen:
+        """``casa-hub renew-tokens ARGS`` in the background (stopped by ``stop_renewer`` or ``stop``)."""
+        return self._spawn("renewer", self.renewer_command(*args), env=self._renewer_env(api_url, api_token))
+
+    def stop_renewer(self) -> int:
+        """SIGTERM to the running renewer (by PID); its exit code."""
+        proc = self.procs.pop("renewer")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    # -- data
+    def add_file(self, path: str, content: bytes) -> None:
+        """A new file at the origin (e.g. one the cache has not seen: reading it makes the cache ask the origin)."""
+        target = self.server_dir("origin") / "data" / path.lstrip("/")
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(0o644)
+        self.files[path] = content
+
+    def in_cache(self, path: str) -> bool:
+        return (self.server_dir("cache") / "data" / path.lstrip("/")).exists()
 
     def _wait_file(self, name: str, path: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -504,19 +683,22 @@ class XRootDSite:
 
 @pytest.fixture(scope="session")
 def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
-    """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grant, the
-    origin-user grant, and the provider users bobby, ali (physicists) and xcache-svc (the facility admin)."""
+    """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grants, the
+    origin-user grant, and the provider users bobby, ali (physicists), opsadmin (the facility admin) and
+    xcache-svc (the cache's service account, alone in its group, which may sign in)."""
     reason = xrootd_missing()
     if reason:
         pytest.fail(f"the real XRootD tests cannot run: {reason}")
     state = tmp_path_factory.mktemp("xrootd-facility")
     fac = make_facility(state, admin_token, name="xrootd", issuer_url_override=ISSUER_URL,
-                        hub_configs=[EXTRA_HUB_CONFIG, USERS_HUB_CONFIG])
+                        hub_configs=[EXTRA_HUB_CONFIG, USERS_HUB_CONFIG],
+                        site={"auth": {"allowed_groups": ["physicists", CACHE_SERVICE_GROUP]}})
     fac.prepare()
     # the provider's users (the demo's users file, so that fac.password() knows them): bob is only a physicist
-    # here, bobby and ali are physicists, xcache-svc is the facility admin
+    # here, bobby and ali are physicists, opsadmin is the facility admin, xcache-svc is in its group only
     extra = {name: ["physicists"] for name in PREFIX_USERS}
-    extra[CACHE_SERVICE_USER] = ["physicists", "facility-admins"]
+    extra[ADMIN_USER] = ["physicists", "facility-admins"]
+    extra[CACHE_SERVICE_USER] = [CACHE_SERVICE_GROUP]
     users = [dict(u, groups=["physicists"]) if u["username"] == "bob" else u
              for u in fac.users() if u["username"] not in extra]
     users += [{"username": name, "name": name, "groups": groups, "email": f"{name}@demo.invalid",
@@ -531,7 +713,7 @@ def xrootd_site(xrootd_facility) -> XRootDSite:
     """Origin + XCache in a loopback-only namespace, trusting the hub's issuer (see module doc)."""
     run_dir = Path(tempfile.mkdtemp(prefix="casa-xrootd-"))
     os.chmod(run_dir, 0o755)
-    site = XRootDSite(xrootd_facility, run_dir, cache_token_user=CACHE_SERVICE_USER)
+    site = XRootDSite(xrootd_facility, run_dir)
     try:
         site.start()
         print(f"xrootd site: bridge, forwarder, origin and cache ready in {site.startup_seconds:.2f} s")
@@ -540,4 +722,6 @@ def xrootd_site(xrootd_facility) -> XRootDSite:
         site.stop()
 
 
-__all__ = ["CACHE_SERVICE_USER", "DATA_OWNERS", "Token", "XRootDSite", "broker_token", "xrootd_facility", "xrootd_site"]
+__all__ = ["ADMIN_USER", "CACHE_GRANT", "CACHE_SERVICE_GROUP", "CACHE_SERVICE_USER", "DATA_OWNERS",
+           "SERVICE_USER", "SHORT_CACHE_GRANT", "SHORT_CACHE_LIFETIME", "HubRelay", "Token", "XRootDSite", "broker_token",
+           "xrootd_facility", "xrootd_site"]
