@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
 from traitlets.config import Config
@@ -437,3 +438,37 @@ def test_retired_key_is_honoured_until_unpublished_then_refused(xrootd_facility,
         "XRootD must refuse it because the key is no longer published"
     fresh = broker_token(fac, "alice", "xcache")
     assert _kid(fresh) == new.kid and xrootd_site.xrdcp(ALICE_FILE, fresh).returncode == 0
+
+
+# ---- what XRootD 5.5.3 itself does with real-key oddities ------------------------------------------
+# Tokens signed with the hub's REAL key whose only oddity is in the header or a time claim. casa_hub's
+# own verifier and the MLflow plugin refuse every one (tests/unit/test_verifier_unit.py); XRootD's plugin
+# is the site's, and what it accepts is recorded here and in the README ("What XRootD itself accepts"),
+# so a change in either direction fails this test instead of passing silently.
+
+def real_key_oddity(fac, header: dict | None = None, **claims) -> str:
+    issuer = out_of_hub_issuer(fac.state_dir / "issuer-keys")
+    body = {k: v for k, v in {**issuer.mint("alice", "xcache", ["physicists"]).claims, **claims}.items()
+            if v is not None}
+    key = issuer.signing_key
+    headers = {k: v for k, v in {"kid": key.kid, "typ": "JWT", **(header or {})}.items() if v is not None}
+    return jwt.encode(body, key.private_key, algorithm=key.alg, headers=headers)
+
+
+XROOTD_ODDITIES = {  # case: (token maker, does XRootD 5.5.3 read alice's file with it over root://?)
+    "no kid": (lambda f: real_key_oddity(f, {"kid": None}), True),
+    'crit: ["exp"]': (lambda f: real_key_oddity(f, {"crit": ["exp"]}), True),
+    "7 h lifetime": (lambda f: real_key_oddity(f, iat=int(time.time()) - 60, nbf=int(time.time()) - 60,
+                                               exp=int(time.time()) + 7 * 3600), True),
+    "exp as a float": (lambda f: real_key_oddity(f, exp=float(int(time.time()) + 600)), False),
+    "exp as a string": (lambda f: real_key_oddity(f, exp=str(int(time.time()) + 600)), False),
+}
+
+
+@pytest.mark.parametrize("case", list(XROOTD_ODDITIES))
+def test_what_xrootd_itself_accepts_is_recorded(xrootd_facility, xrootd_site, case):
+    make, accepted = XROOTD_ODDITIES[case]
+    r = xrootd_site.xrdcp(ALICE_FILE, Token(make(xrootd_facility)))
+    read = r.returncode == 0 and r.stdout == xrootd_site.files[ALICE_FILE]
+    assert read is accepted, (f"XRootD {'now refuses' if accepted else 'now accepts'} a real-key token with "
+                              f"{case}: update the README's record (exit {r.returncode}: {r.stderr[-300:]})")
