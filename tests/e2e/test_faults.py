@@ -26,7 +26,7 @@ import jwt
 import psutil
 import pytest
 import requests
-from facilities import running_facility
+from facilities import make_facility, running_facility
 from helpers import (
     admin_api,
     http_login,
@@ -35,10 +35,14 @@ from helpers import (
     wait_for_server,
 )
 from xrootd_fixture import (
+    CACHE_SERVICE_GROUP,
+    CACHE_SERVICE_SITE,
+    CACHE_SERVICE_USER,
     EXTRA_HUB_CONFIG,
     ISSUER_URL,
     Token,
     XRootDSite,
+    add_provider_users,
     broker_token,
     xrootd_missing,
 )
@@ -87,9 +91,14 @@ def idp_fac(tmp_path_factory, admin_token):
 @pytest.fixture(scope="module")
 def hub_fac(tmp_path_factory, admin_token):
     """Issuer https://localhost/hub/casa-issuer, so that a real XRootD (``site``) can trust it."""
-    # EXTRA_HUB_CONFIG: the cache's own grant; keys re-read every 0.5 s
-    with running_facility(tmp_path_factory, "hub-fault", admin_token, EXTRA_HUB_CONFIG, FAULTS_HUB_CONFIG,
-                          issuer_url_override=ISSUER_URL) as fac:
+    # EXTRA_HUB_CONFIG: the cache's own grants; keys re-read every 0.5 s. The cache reads the origin with a
+    # token of its service account, which signs in like the xrootd facility's (CACHE_SERVICE_SITE)
+    fac = make_facility(tmp_path_factory.mktemp("hub-fault") / "facility", admin_token, name="hub-fault",
+                        hub_configs=[EXTRA_HUB_CONFIG, FAULTS_HUB_CONFIG], issuer_url_override=ISSUER_URL,
+                        site=CACHE_SERVICE_SITE)
+    fac.prepare()
+    add_provider_users(fac, {CACHE_SERVICE_USER: [CACHE_SERVICE_GROUP]})
+    with fac:
         yield fac
 
 

@@ -681,6 +681,20 @@ class XRootDSite:
 # ---- fixtures ---------------------------------------------------------------------------------------
 
 
+#: the site setting that lets the cache's service account sign in
+CACHE_SERVICE_SITE = {"auth": {"allowed_groups": ["physicists", CACHE_SERVICE_GROUP]}}
+
+
+def add_provider_users(fac: DemoFacility, extra: dict[str, list[str]], only_physicist: tuple[str, ...] = ()) -> None:
+    """Before ``fac`` starts (after ``fac.prepare()``): add provider users ``{name: groups}`` to the demo's
+    users file (so that ``fac.password()`` knows them); users in ``only_physicist`` keep only that group."""
+    users = [dict(u, groups=["physicists"]) if u["username"] in only_physicist else u
+             for u in fac.users() if u["username"] not in extra]
+    users += [{"username": name, "name": name, "groups": groups, "email": f"{name}@demo.invalid",
+               "password": secrets.token_urlsafe(12)} for name, groups in extra.items()]
+    write_private(fac.state_dir / "idp" / "users.json", json.dumps(users, indent=2))
+
+
 @pytest.fixture(scope="session")
 def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
     """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grants, the
@@ -692,18 +706,14 @@ def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
     state = tmp_path_factory.mktemp("xrootd-facility")
     fac = make_facility(state, admin_token, name="xrootd", issuer_url_override=ISSUER_URL,
                         hub_configs=[EXTRA_HUB_CONFIG, USERS_HUB_CONFIG],
-                        site={"auth": {"allowed_groups": ["physicists", CACHE_SERVICE_GROUP]}})
+                        site=CACHE_SERVICE_SITE)
     fac.prepare()
     # the provider's users (the demo's users file, so that fac.password() knows them): bob is only a physicist
     # here, bobby and ali are physicists, opsadmin is the facility admin, xcache-svc is in its group only
     extra = {name: ["physicists"] for name in PREFIX_USERS}
     extra[ADMIN_USER] = ["physicists", "facility-admins"]
     extra[CACHE_SERVICE_USER] = [CACHE_SERVICE_GROUP]
-    users = [dict(u, groups=["physicists"]) if u["username"] == "bob" else u
-             for u in fac.users() if u["username"] not in extra]
-    users += [{"username": name, "name": name, "groups": groups, "email": f"{name}@demo.invalid",
-               "password": secrets.token_urlsafe(12)} for name, groups in extra.items()]
-    write_private(fac.state_dir / "idp" / "users.json", json.dumps(users, indent=2))
+    add_provider_users(fac, extra, only_physicist=("bob",))
     with fac:
         yield fac
 
