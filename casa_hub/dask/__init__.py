@@ -1,7 +1,8 @@
 """Per-user Dask clusters.
 
 - notebook side: ``get_client()`` / ``get_cluster()`` attach to the cluster the hub created when the
-  server started (``client.py``); ``FacilitySLURMCluster`` / ``FacilityHTCondorCluster`` keep the
+  server started (``client.py``); the notebook's renewed storage token reaches the workers of every
+  backend over Dask (``worker_renewal.py``); ``FacilitySLURMCluster`` / ``FacilityHTCondorCluster`` keep the
   scheduler in the notebook (``jobqueue.py``);
 - hub side: pre-creation (``casa_hub.integrations.dask.integration``), the hub's credential for it
   (``credentials.py``), a small gateway API client (``gateway_api.py``), hub configuration and the
@@ -28,6 +29,7 @@ _LAZY = {
     "cluster_name": "client",
     "get_client": "client",
     "get_cluster": "client",
+    "keep_worker_tokens_fresh": "worker_renewal",
     "FacilitySLURMCluster": "jobqueue",
     "FacilityHTCondorCluster": "jobqueue",
 }

@@ -65,7 +65,18 @@ def get_cluster(name: str | None = None, **gateway_kwargs: Any) -> Any:
         ) from None
 
 
-def get_client(name: str | None = None, *, set_as_default: bool = True, **gateway_kwargs: Any) -> Any:
+def get_client(name: str | None = None, *, set_as_default: bool = True, renew_worker_tokens: bool = True,
+               **gateway_kwargs: Any) -> Any:
     """A ``distributed.Client`` of the cluster the hub created for this server (see
-    ``get_cluster``). ``gateway_kwargs`` go to ``dask_gateway.Gateway`` (address, auth, ...)."""
-    return get_cluster(name, **gateway_kwargs).get_client(set_as_default=set_as_default)
+    ``get_cluster``). ``gateway_kwargs`` go to ``dask_gateway.Gateway`` (address, auth, ...).
+
+    With ``renew_worker_tokens`` (and a storage token in ``$CASA_TOKEN_DIR``), each renewal of the
+    notebook's storage token is pushed to the cluster's workers
+    (``casa_hub.dask.worker_renewal.keep_worker_tokens_fresh``), so they keep reading for as long as the
+    notebook runs."""
+    client = get_cluster(name, **gateway_kwargs).get_client(set_as_default=set_as_default)
+    if renew_worker_tokens and not getattr(client, "asynchronous", False):
+        from casa_hub.dask.worker_renewal import keep_worker_tokens_fresh
+
+        keep_worker_tokens_fresh(client)
+    return client

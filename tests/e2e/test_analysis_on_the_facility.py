@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
 from facilities import make_facility
@@ -38,7 +39,22 @@ files = fileset(["ttbar"])
 loose = Cuts(jet_pt=15, lepton_pt=10, btag=0.2, electron_id=0, muon_tight_id=False, muon_iso=1e9)
 result = run(files, client=client, cuts=loose)
 logged = log_to_mlflow(result)
+
+def worker_facts(dask_worker):  # on each worker: its environment, its files, its storage token
+    import os
+    files = [os.path.join(d, f) for top in {dask_worker.local_directory, os.getcwd()}
+             for d, _, names in os.walk(top) for f in names]
+    return {"environ": dict(os.environ), "files": files, "token_file": os.environ.get("BEARER_TOKEN_FILE", ""),
+            "record": getattr(dask_worker, "casa_storage_token", None)}
+
+import time
+deadline = time.monotonic() + 60  # get_client() pushes alice's storage token to the workers
+facts = client.run(worker_facts)
+while not all(f["token_file"] for f in facts.values()) and time.monotonic() < deadline:
+    time.sleep(0.5)
+    facts = client.run(worker_facts)
 print("RESULT " + json.dumps({
+    "worker_facts": facts,
     "events": result["events"], "files": sorted(files["ttbar"]["files"]), "cutflow": result["cutflow"]["ttbar"],
     "ht": result["histograms"]["ht_4j1b"][{"dataset": "ttbar"}].values(flow=True).tolist(),
     "mbjj": result["histograms"]["mbjj_4j2b"][{"dataset": "ttbar"}].values(flow=True).tolist(),
@@ -94,6 +110,22 @@ def test_the_example_analysis_runs_from_the_notebook_environment(fac, admin_toke
                              params={"run_id": run_info["info"]["run_id"], "path": "histograms"}).json().get("files", [])
     assert any(a["path"].endswith(".png") for a in artifacts), artifacts
     assert admin_api(fac.hub_url, admin_token, "/users/alice").status_code == 200
+
+    # the workers read as alice: her storage token (pushed by get_client), and no hub credential at all
+    token_dir = Path(env["CASA_TOKEN_DIR"])
+    xcache = (token_dir / "xcache.token").read_text().strip()
+    for address, w in got["worker_facts"].items():
+        assert w["token_file"] and w["record"]["outcome"] == "replaced", (address, w["record"])
+        claims = jwt.decode(Path(w["token_file"]).read_text(), options={"verify_signature": False})
+        assert claims["sub"] == "alice" and claims["aud"] == jwt.decode(
+            xcache, options={"verify_signature": False})["aud"], claims
+        assert not Path(w["token_file"]).is_relative_to(token_dir), "a worker has its own copy"
+        hub_vars = [k for k, v in w["environ"].items() if k.startswith(("JUPYTERHUB_", "JPY_"))
+                    or env["JUPYTERHUB_API_TOKEN"] in v]
+        assert hub_vars == [], f"{address} has hub credentials in its environment: {hub_vars}"
+        holding = [f for f in w["files"] if Path(f).is_file()
+                   and env["JUPYTERHUB_API_TOKEN"].encode() in Path(f).read_bytes()]
+        assert holding == [], f"{address} has the hub token in {holding}"
 
 
 def experiment_ids(fac, headers: dict) -> list[str]:
