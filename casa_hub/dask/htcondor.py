@@ -52,6 +52,7 @@ from casa_hub.dask.worker_tokens import (
     GatewayTokenMinter,
     TokenLifetimeError,
     parse_walltime,
+    token_renewal_trait,
 )
 from casa_hub.tokens.grants import check_username
 from casa_hub.tokens.issuer import IssuerError
@@ -100,6 +101,8 @@ class HTCondorClusterConfig(JobQueueClusterConfig):
 
     storage_grant = Unicode("xcache", config=True, help="""Issuer grant of the storage token each worker
         gets as ``BEARER_TOKEN_FILE`` (XCache reads). Empty: workers get no facility token.""")
+
+    token_renewal = token_renewal_trait()
 
     extra_submit = Dict(value_trait=Unicode(), config=True, help="""Further submit commands for every
         job (name -> one-line value), e.g. ``{"+ProjectName": '"CMS"'}``. Managed commands cannot
@@ -194,7 +197,9 @@ class HTCondorBackend(JobQueueBackend):
             self.token_minter.check_allowed(self.compute_grant, user.groups)
             if config.storage_grant:
                 self.token_minter.check_allowed(config.storage_grant, user.groups)
-                self.token_minter.check_grant_covers(config.storage_grant, parse_walltime(config.worker_walltime))
+                if not config.token_renewal:
+                    self.token_minter.check_grant_covers(config.storage_grant,
+                                                         parse_walltime(config.worker_walltime))
         except (IssuerError, TokenLifetimeError, ValueError) as e:
             raise PublicException(str(e)) from None
         return options, config
@@ -247,7 +252,8 @@ class HTCondorBackend(JobQueueBackend):
             minted = self.token_minter.mint(cluster.username, config.casa_groups, config.storage_grant)
             self.log.info("Worker %s of cluster %s: storage token jti=%s exp=%d", worker.name, cluster.name,
                           minted.claims["jti"], minted.expires_at)
-            not_after = minted.expires_at - walltime - self.token_minter.margin
+            if not config.token_renewal:  # renewed over Dask otherwise: no start deadline
+                not_after = minted.expires_at - walltime - self.token_minter.margin
             token_name = STORAGE_TOKEN_FILE
             files[token_name] = minted.token
         for name, content in files.items():

@@ -24,7 +24,8 @@ usual) and add what a facility needs:
 Settings (dask config keys under ``casa.jobqueue.<slurm|htcondor>``, or keyword arguments with
 ``_`` for ``-``): ``storage-grant`` (``xcache``; empty: no token), ``token-dir`` (where job token
 files live; Slurm: on the shared filesystem, default ``~/.casa/dask-jobs``), ``token-margin``
-(300 s), ``tls`` (true), ``job-environment`` (Slurm, ``[PATH, LANG]``); HTCondor also ``image``,
+(300 s), ``token-renewal`` (false; true: the notebook renews the workers' tokens over Dask with
+``casa_hub.dask.keep_worker_tokens_fresh(client)``, so a token need not cover the walltime), ``tls`` (true), ``job-environment`` (Slurm, ``[PATH, LANG]``); HTCondor also ``image``,
 ``image-kind`` (``container`` | ``singularity``), ``requirements``, ``accounting-group`` (template
 with ``{username}``), ``walltime`` (``04:00:00``), ``contact-address``, ``scheduler-port`` and
 ``compute-token-file`` (default ``$CASA_TOKEN_DIR/htcondor.token``).
@@ -105,8 +106,9 @@ class _JobToken:
     """One job's storage token file: fetched at submission, removed when the job stops."""
 
     def __init__(self, job_name: str, grant: str, token_dir: str | None, source: Any, walltime: int,
-                 margin: int) -> None:
+                 margin: int, renewed: bool = False) -> None:
         self.grant, self.source, self.walltime, self.margin = grant, source, walltime, margin
+        self.renewed = renewed  # renewed over Dask (worker_renewal): need not cover the walltime
         safe = _SAFE_NAME.sub("_", str(job_name)) or "job"
         self.path = Path(token_dir or ".") / f"{safe}.{STORAGE_TOKEN_FILE}"
         self.expires_at = 0
@@ -114,7 +116,8 @@ class _JobToken:
     async def fetch(self) -> None:
         token = await self.source.fetch(self.grant)
         expires_at = token_expiry(token)
-        check_covers(expires_at, self.walltime, self.grant, self.margin)
+        if not self.renewed:
+            check_covers(expires_at, self.walltime, self.grant, self.margin)
         write_private(self.path, token)
         self.expires_at = expires_at
 
@@ -164,6 +167,7 @@ class FacilitySLURMJob(SLURMJob):
 
     def __init__(self, scheduler: Any = None, name: Any = None, *, storage_grant: str = "",
                  token_dir: str | None = None, token_source: Any = None, token_margin: int = DEFAULT_MARGIN,
+                 token_renewal: bool = False,
                  job_environment: tuple[str, ...] = ("PATH", "LANG"), walltime: str | None = None,
                  job_script_prologue: list[str] | None = None, job_extra_directives: list[str] | None = None,
                  **kwargs: Any) -> None:
@@ -176,7 +180,8 @@ class FacilitySLURMJob(SLURMJob):
         directives.append(f"--export={','.join(job_environment) or 'NIL'}")
         self.casa_token = None
         if storage_grant:
-            self.casa_token = _JobToken(name, storage_grant, token_dir, token_source, seconds, token_margin)
+            self.casa_token = _JobToken(name, storage_grant, token_dir, token_source, seconds, token_margin,
+                                        token_renewal)
             prologue.insert(0, f"export BEARER_TOKEN_FILE={shlex.quote(str(self.casa_token.path))}")
         super().__init__(scheduler, name, walltime=format_walltime(seconds), job_script_prologue=prologue,
                          job_extra_directives=directives, **kwargs)
@@ -184,9 +189,10 @@ class FacilitySLURMJob(SLURMJob):
     async def start(self) -> None:
         if self.casa_token is not None:
             await self.casa_token.fetch()
-            # Slurm does not start the job once it could not end before its token expires
-            deadline = slurm_time(self.casa_token.expires_at - self.casa_token.margin)
-            self.job_header += f"\n#SBATCH --deadline={deadline}"
+            if not self.casa_token.renewed:
+                # Slurm does not start the job once it could not end before its token expires
+                deadline = slurm_time(self.casa_token.expires_at - self.casa_token.margin)
+                self.job_header += f"\n#SBATCH --deadline={deadline}"
         await super().start()
 
     async def close(self) -> None:
@@ -207,7 +213,8 @@ class FacilitySLURMCluster(_ClusterFilesMixin, SLURMCluster):
     job_cls = FacilitySLURMJob
 
     def __init__(self, *, storage_grant: str | None = None, token_dir: str | None = None,
-                 token_source: Any = None, token_margin: int | None = None, tls: bool | None = None,
+                 token_source: Any = None, token_margin: int | None = None, token_renewal: bool | None = None,
+                 tls: bool | None = None,
                  job_environment: list[str] | None = None, **kwargs: Any) -> None:
         kind = "slurm"
         grant = site_setting(kind, "storage-grant", storage_grant, "xcache")
@@ -224,6 +231,7 @@ class FacilitySLURMCluster(_ClusterFilesMixin, SLURMCluster):
             super().__init__(
                 storage_grant=grant, token_dir=str(self._casa_dir), token_source=token_source,
                 token_margin=int(site_setting(kind, "token-margin", token_margin, DEFAULT_MARGIN)),
+                token_renewal=bool(site_setting(kind, "token-renewal", token_renewal, False)),
                 job_environment=tuple(site_setting(kind, "job-environment", job_environment, ["PATH", "LANG"])),
                 **kwargs,
             )
@@ -243,7 +251,7 @@ class FacilityHTCondorJob(HTCondorJob):
 
     def __init__(self, scheduler: Any = None, name: Any = None, *, storage_grant: str = "",
                  token_dir: str | None = None, token_source: Any = None, token_margin: int = DEFAULT_MARGIN,
-                 walltime: str = "04:00:00", image: str = "", image_kind: str = "container",
+                 token_renewal: bool = False, walltime: str = "04:00:00", image: str = "", image_kind: str = "container",
                  requirements: str = "", accounting_group: str = "", username: str = "",
                  compute_token_file: str = "", transfer_files: tuple[str, ...] = (),
                  job_extra_directives: dict[str, Any] | None = None,
@@ -256,7 +264,8 @@ class FacilityHTCondorJob(HTCondorJob):
         prologue = list(job_script_prologue or dask.config.get("jobqueue.htcondor.job-script-prologue") or [])
         self.casa_token = None
         if storage_grant:
-            self.casa_token = _JobToken(name, storage_grant, token_dir, token_source, seconds, token_margin)
+            self.casa_token = _JobToken(name, storage_grant, token_dir, token_source, seconds, token_margin,
+                                        token_renewal)
             inputs.append(str(self.casa_token.path))
             # transferred into the sandbox, which is the job's working directory
             prologue.insert(0, f'export BEARER_TOKEN_FILE="$PWD/{self.casa_token.path.name}"')
@@ -290,7 +299,9 @@ class FacilityHTCondorJob(HTCondorJob):
         return env
 
     async def start(self) -> None:
-        if self.casa_token is not None:
+        if self.casa_token is not None and self.casa_token.renewed:
+            await self.casa_token.fetch()
+        elif self.casa_token is not None:
             await self.casa_token.fetch()
             not_after = self.casa_token.latest_start
             # not matched, and removed while idle, once it could not end before its token expires
@@ -325,7 +336,8 @@ class FacilityHTCondorCluster(_ClusterFilesMixin, HTCondorCluster):
     job_cls = FacilityHTCondorJob
 
     def __init__(self, *, storage_grant: str | None = None, token_dir: str | None = None,
-                 token_source: Any = None, token_margin: int | None = None, tls: bool | None = None,
+                 token_source: Any = None, token_margin: int | None = None, token_renewal: bool | None = None,
+                 tls: bool | None = None,
                  image: str | None = None, image_kind: str | None = None, requirements: str | None = None,
                  accounting_group: str | None = None, walltime: str | None = None,
                  contact_address: str | None = None, scheduler_port: int | None = None,
@@ -358,6 +370,7 @@ class FacilityHTCondorCluster(_ClusterFilesMixin, HTCondorCluster):
             super().__init__(
                 storage_grant=grant, token_dir=str(self._casa_dir), token_source=token_source,
                 token_margin=int(site_setting(kind, "token-margin", token_margin, DEFAULT_MARGIN)),
+                token_renewal=bool(site_setting(kind, "token-renewal", token_renewal, False)),
                 walltime=str(site_setting(kind, "walltime", walltime, "04:00:00")),
                 image=site_setting(kind, "image", image, ""), image_kind=kind_value,
                 requirements=site_setting(kind, "requirements", requirements, ""),

@@ -15,7 +15,8 @@ that every user can read. This subclass adds what a facility needs on top:
   worker's own staging directory (mode 0700), exported to the worker as ``BEARER_TOKEN_FILE`` (a
   path) and removed when the worker stops. ``--deadline`` keeps a worker that waited too long in
   the queue from starting with a token that could not cover its walltime. The scheduler gets no
-  facility token.
+  facility token. With ``token_renewal`` the owner's client renews the workers' tokens over Dask
+  (``casa_hub.dask.worker_renewal``): the walltime may then exceed the token lifetime, no ``--deadline``.
 
 Example ``dask_gateway_config.py``::
 
@@ -49,6 +50,7 @@ from casa_hub.dask.worker_tokens import (
     format_walltime,
     parse_walltime,
     slurm_time,
+    token_renewal_trait,
 )
 from casa_hub.tokens.issuer import IssuerError
 
@@ -84,6 +86,8 @@ class FacilitySlurmClusterConfig(SlurmClusterConfig):
         help="""Issuer grant of the storage token each worker gets as ``BEARER_TOKEN_FILE``
         (for XCache reads). Empty: workers get no facility token.""",
     )
+
+    token_renewal = token_renewal_trait()
 
     casa_groups = List(
         Unicode(),
@@ -141,7 +145,9 @@ class FacilitySlurmBackend(SlurmBackend):
         if config.storage_grant:
             try:
                 self.token_minter.check_allowed(config.storage_grant, user.groups)
-                self.token_minter.check_grant_covers(config.storage_grant, parse_walltime(config.worker_walltime))
+                if not config.token_renewal:
+                    self.token_minter.check_grant_covers(config.storage_grant,
+                                                         parse_walltime(config.worker_walltime))
             except (IssuerError, TokenLifetimeError, ValueError) as e:
                 raise PublicException(str(e)) from None
         return options, config
@@ -188,9 +194,10 @@ class FacilitySlurmBackend(SlurmBackend):
         if cluster.config.storage_grant:
             walltime = parse_walltime(cluster.config.worker_walltime)
             minted = self.token_minter.mint(cluster.username, cluster.config.casa_groups, cluster.config.storage_grant)
-            check_covers(minted.expires_at, walltime, minted.grant, self.token_minter.margin)
-            # not started after this moment: it could not finish before its token expires
-            cmd.append(f"--deadline={slurm_time(minted.expires_at - self.token_minter.margin)}")
+            if not cluster.config.token_renewal:
+                check_covers(minted.expires_at, walltime, minted.grant, self.token_minter.margin)
+                # not started after this moment: it could not finish before its token expires
+                cmd.append(f"--deadline={slurm_time(minted.expires_at - self.token_minter.margin)}")
             staging_dir = self.get_worker_staging_directory(cluster, worker.name)
             files = {STORAGE_TOKEN_FILE: minted.token}
             self.log.info("Worker %s of cluster %s: storage token jti=%s exp=%d", worker.name, cluster.name,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 
 import jwt
-from traitlets import Integer
+from traitlets import Bool, Integer
 from traitlets.config import LoggingConfigurable
 
 from casa_hub.tokens.issuer import CasaTokenIssuer, IssuerError, MintedToken
@@ -33,6 +33,19 @@ STORAGE_TOKEN_FILE = "casa-storage.token"
 DEFAULT_MARGIN = 300
 
 _WALLTIME = re.compile(r"(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)")
+
+
+def token_renewal_trait() -> Bool:
+    """The ``token_renewal`` setting of a backend's cluster config (the same on every backend)."""
+    return Bool(
+        False,
+        config=True,
+        help="""True: the workers' storage tokens are renewed by their owner's client over Dask
+        (``casa_hub.dask.worker_renewal``, started by ``casa_hub.dask.get_client()``), so a worker's
+        walltime may exceed the storage grant's lifetime and a job is not held back by its token's
+        expiry; the first token is still minted at submission. False (the fallback guarantee): every
+        worker's token must cover its whole walltime, and a job that waited too long is not started.""",
+    )
 
 
 class TokenLifetimeError(ValueError):

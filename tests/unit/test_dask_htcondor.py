@@ -220,6 +220,17 @@ async def test_tokens_follow_the_users_groups_and_the_walltime(facility, tmp_pat
         await long.process_cluster_options(User("alice", groups=["physicists"]), {})
     options, config = await backend.process_cluster_options(User("alice", groups=["physicists"]), {})
     assert config.casa_groups == ["physicists"], "tokens are minted for the groups the hub reported"
+    # with the workers' tokens renewed over Dask, the walltime is not bounded by the token lifetime,
+    # and a job is not held back (no start window): its first token comes with it as before
+    renewed = HTCondorBackend(config=backend_config(facility, tmp_path / "renewed", worker_walltime="04:00:00",
+                                                     token_renewal=True))
+    _, rconfig = await renewed.process_cluster_options(User("alice", groups=["physicists"]), {})
+    cluster = make_cluster(renewed, "alice", ["physicists"])
+    _, _, stdin = renewed.get_submit_cmd_env_stdin(cluster, Worker(name="w1", cluster=cluster, status=JobStatus.CREATED))
+    desc = htcondor2.Submit(stdin)
+    assert rconfig.token_renewal and desc["allowed_job_duration"] == str(4 * 3600)
+    assert "periodic_remove" not in desc and "time()" not in desc["requirements"]
+    assert (tmp_path / "renewed" / "c1" / "w1" / "casa-storage.token").stat().st_mode & 0o777 == 0o600
     # a user without the compute grant learns it when creating the cluster, not at the first job
     with pytest.raises(PublicException, match="your groups do not allow 'htcondor' tokens"):
         await backend.process_cluster_options(User("eve", groups=["visitors"]), {})

@@ -72,6 +72,16 @@ async def test_cluster_refused_when_tokens_cannot_cover_the_walltime():
     await backend(worker_walltime="01:00:00", storage_grant="").process_cluster_options(User("bob"), {})
 
 
+async def test_with_token_renewal_the_walltime_may_exceed_the_token_lifetime():
+    # the owner's client renews the workers' tokens over Dask: a 4 h walltime with 20-minute tokens
+    b = backend(worker_walltime="04:00:00", token_renewal=True)
+    _, config = await b.process_cluster_options(User("alice", groups=["physicists"]), {})
+    assert config.token_renewal is True and config.worker_walltime == "04:00:00"
+    # still only for users who may receive the grant
+    with pytest.raises(PublicException, match="your groups do not allow 'xcache' tokens"):
+        await b.process_cluster_options(User("eve", groups=["visitors"]), {})
+
+
 def test_walltimes_and_lifetimes():
     assert [parse_walltime(v) for v in ("600", 600, "10:00", "00:10:00", "1-00:00:00")] == [600, 600, 600, 600, 86400]
     for bad in ("", "ten minutes", "0", "-5", True):
