@@ -16,6 +16,7 @@ from pathlib import Path
 
 import facilities
 import pytest
+from dask_gateways import job_user  # noqa: F401 - the Unix account of the Slurm gateway's jobs
 from facilities import TestFacility, make_facility
 from leak_scan import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - fails the run on a token leak
 from shared_facilities import (  # noqa: F401 - facilities that several modules share (see there)

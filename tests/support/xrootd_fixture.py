@@ -102,11 +102,15 @@ c.CasaTokenIssuer.key_reload_interval = 0.5  # key rotation test: follow the key
 # the cache is)
 PREFIX_USERS = ("bobby", "ali")
 ADMIN_USER = "opsadmin"
+#: the physicists' cache grant with a short lifetime, for the workers' token renewal (test_worker_renewal_site)
+SHORT_USER_GRANT, SHORT_USER_LIFETIME = "xcache-short", 40
 USERS_HUB_CONFIG = f"""\
 c = get_config()  # noqa: F821
 c.CasaTokenIssuer.grants.update({{
     "origin-user": {{"audience": "{ORIGIN_AUDIENCE}", "scopes": ["storage.read:/user/{{username}}"],
                     "groups": ["physicists"]}},
+    "{SHORT_USER_GRANT}": {{"audience": "{CACHE_AUDIENCE}", "scopes": ["storage.read:/user/{{username}}"],
+                    "lifetime": {SHORT_USER_LIFETIME}, "groups": ["physicists"]}},
 }})
 """
 
@@ -733,5 +737,5 @@ def xrootd_site(xrootd_facility) -> XRootDSite:
 
 
 __all__ = ["ADMIN_USER", "CACHE_GRANT", "CACHE_SERVICE_GROUP", "CACHE_SERVICE_USER", "DATA_OWNERS",
-           "SERVICE_USER", "SHORT_CACHE_GRANT", "SHORT_CACHE_LIFETIME", "HubRelay", "Token", "XRootDSite", "broker_token",
+           "SERVICE_USER", "SHORT_CACHE_GRANT", "SHORT_CACHE_LIFETIME", "SHORT_USER_GRANT", "SHORT_USER_LIFETIME", "HubRelay", "Token", "XRootDSite", "broker_token",
            "xrootd_facility", "xrootd_site"]
