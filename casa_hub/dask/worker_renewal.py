@@ -22,21 +22,29 @@ nothing new runs on the batch side.
 
 ``casa_hub.dask.get_client()`` starts a pusher for its client; for any other client call
 ``keep_worker_tokens_fresh(client)``. Token values are never logged or put in a message.
+
+The plugin travels by value (this module and ``casa_hub.common.files`` are registered with cloudpickle),
+and its worker side needs only the standard library and distributed: workers of any image renew, whether
+or not casa_hub is installed there.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from pathlib import Path
 from typing import Any
 
-import jwt
+import cloudpickle
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from casa_hub.common import files as _files
 from casa_hub.common.files import token_file_name, write_private
 from casa_hub.dask.worker_tokens import STORAGE_TOKEN_FILE
 
@@ -58,12 +66,17 @@ class TokenRefused(ValueError):
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:
-    """The claims of a JWT without verifying it (the worker only compares them), or None."""
+    """The claims of a JWT without verifying it (the worker only compares them; the storage verifies),
+    or None when it is not a JWT with a numeric ``exp``. Standard library only (runs on workers)."""
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, UnicodeDecodeError):
         return None
-    return claims if isinstance(claims, dict) and isinstance(claims.get("exp"), int | float) else None
+    if not isinstance(claims, dict):
+        return None
+    exp = claims.get("exp")
+    return claims if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def decide(current: dict[str, Any] | None, new: dict[str, Any], now: float) -> tuple[bool, str]:
@@ -214,6 +227,10 @@ class WorkerTokenPusher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+
+# the plugin is pickled by value: workers need not have casa_hub installed
+for _module in (sys.modules[__name__], _files):
+    cloudpickle.register_pickle_by_value(_module)
 
 _pushers: weakref.WeakKeyDictionary[Any, WorkerTokenPusher] = weakref.WeakKeyDictionary()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -191,3 +192,37 @@ def test_keep_worker_tokens_fresh_starts_one_pusher_per_client(cluster, tmp_path
         assert PLUGIN_NAME in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
     finally:
         pusher.stop()
+
+
+JOBS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-jobs" / "bin" / "python"
+ON_A_BARE_WORKER = """
+import os, pickle, sys, types
+from pathlib import Path
+try:
+    import casa_hub
+    sys.exit("casa_hub is importable here")
+except ImportError:
+    pass
+plugin = pickle.loads(Path(sys.argv[1]).read_bytes())
+worker = types.SimpleNamespace(local_directory=sys.argv[2])
+plugin.setup(worker=worker)
+print(os.environ["BEARER_TOKEN_FILE"], worker.casa_storage_token["outcome"])
+"""
+
+
+def test_the_plugin_runs_on_a_worker_without_casa_hub(tmp_path):
+    """Workers of any image renew: the plugin travels by value and needs only distributed there."""
+    from distributed.protocol.pickle import dumps
+
+    assert JOBS_PYTHON.exists(), "scripts/install.sh test creates .venv-jobs (distributed, no casa_hub)"
+    token = make_token(60)
+    (tmp_path / "plugin.pickle").write_bytes(dumps(StorageTokenPlugin(token)))
+    (tmp_path / "worker").mkdir()
+    r = subprocess.run([str(JOBS_PYTHON), "-I", "-c", ON_A_BARE_WORKER, str(tmp_path / "plugin.pickle"),
+                        str(tmp_path / "worker")], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    path, outcome = r.stdout.split()
+    assert outcome == "replaced" and Path(path).read_text() == token
+    assert Path(path).parent == tmp_path / "worker" / "casa-tokens"
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
