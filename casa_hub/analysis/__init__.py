@@ -3,6 +3,7 @@
 - ``fileset.py``: data set names -> file URLs (through the data cache), from the fileset file;
 - ``ttbar.py``: the AGC-style ttbar selection with coffea, ``run(fileset, client)``;
 - ``results.py``: ``plot`` and the histograms' files; ``tracking.py``: ``log_to_mlflow``;
+- ``preflight.py``: before a run, the data servers answer and the token may read the data;
 - ``sample.py``: the shipped sample file (``data/``); ``generate.py``: larger data sets from it.
 
 In a notebook::
@@ -28,6 +29,7 @@ from casa_hub.common.lazy import lazy_exports
 
 #: public names -> the module (in this package) that defines them; imported on first use
 _EXPORTS = {
+    "DataAccessError": "preflight",
     "FilesetError": "fileset",
     "Filesets": "fileset",
     "write_fileset": "fileset",

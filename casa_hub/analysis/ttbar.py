@@ -33,6 +33,8 @@ from coffea import processor
 from coffea import util as coffea_util
 from coffea.nanoevents import NanoAODSchema
 
+from casa_hub.analysis.preflight import check_access
+
 #: histogram binning (GeV), as in the AGC
 BINS, LOW, HIGH = 25, 50.0, 550.0
 HISTOGRAMS = {"ht_4j1b": "H_T [GeV] (4j1b)", "mbjj_4j2b": "m_bjj [GeV] (4j2b)"}
@@ -106,7 +108,8 @@ class TtbarProcessor(processor.ProcessorABC):
 
 
 def run(fileset: dict[str, Any], client: Any = None, *, cuts: Cuts | None = None,
-        chunksize: int = 100_000, progress: bool = False, timeout: int = 60) -> dict[str, Any]:
+        chunksize: int = 100_000, progress: bool = False, timeout: int = 60,
+        preflight: bool = True) -> dict[str, Any]:
     """Run the selection on ``fileset`` (coffea's format, e.g. from ``casa_hub.analysis.fileset``).
 
     ``client``: a ``distributed.Client`` (``casa_hub.dask.get_client()`` in a notebook) to run on its
@@ -114,8 +117,14 @@ def run(fileset: dict[str, Any], client: Any = None, *, cuts: Cuts | None = None
     a remote file (XRootD) before failing. Returns ``histograms`` (name -> ``hist.Hist``),
     ``cutflow`` (dataset -> counts), ``events``, ``seconds``, ``events_per_second``, ``bytes_read``
     and the ``parameters`` of the run.
+
+    ``preflight``: first check that the data servers answer and that the user's token may read the
+    first file of each data set (``casa_hub.analysis.preflight``); ``DataAccessError`` says what is wrong
+    before any work is sent to the cluster.
     """
     cuts = cuts or Cuts()
+    if preflight:
+        check_access(fileset)
     if client is None:
         executor: processor.ExecutorBase = processor.IterativeExecutor(status=progress)
     else:
