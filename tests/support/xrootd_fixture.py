@@ -59,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -699,16 +700,12 @@ def add_provider_users(fac: DemoFacility, extra: dict[str, list[str]], only_phys
     write_private(fac.state_dir / "idp" / "users.json", json.dumps(users, indent=2))
 
 
-@pytest.fixture(scope="session")
-def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
+@contextlib.contextmanager
+def running_xrootd_facility(state: Path, admin_token: str, name: str = "xrootd") -> Iterator[DemoFacility]:
     """A demo facility whose issuer is ``https://localhost/hub/casa-issuer``, with the cache's grants, the
-    origin-user grant, and the provider users bobby, ali (physicists), opsadmin (the facility admin) and
-    xcache-svc (the cache's service account, alone in its group, which may sign in)."""
-    reason = xrootd_missing()
-    if reason:
-        pytest.fail(f"the real XRootD tests cannot run: {reason}")
-    state = tmp_path_factory.mktemp("xrootd-facility")
-    fac = make_facility(state, admin_token, name="xrootd", issuer_url_override=ISSUER_URL,
+    origin-user and xcache-short grants, and the provider users bobby, ali (physicists), opsadmin (the
+    facility admin) and xcache-svc (the cache's service account, alone in its group, which may sign in)."""
+    fac = make_facility(state, admin_token, name=name, issuer_url_override=ISSUER_URL,
                         hub_configs=[EXTRA_HUB_CONFIG, USERS_HUB_CONFIG],
                         site=CACHE_SERVICE_SITE)
     fac.prepare()
@@ -719,6 +716,16 @@ def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
     extra[CACHE_SERVICE_USER] = [CACHE_SERVICE_GROUP]
     add_provider_users(fac, extra, only_physicist=("bob",))
     with fac:
+        yield fac
+
+
+@pytest.fixture(scope="session")
+def xrootd_facility(tmp_path_factory, admin_token) -> DemoFacility:
+    """The session's facility for the real XRootD tests (``running_xrootd_facility``)."""
+    reason = xrootd_missing()
+    if reason:
+        pytest.fail(f"the real XRootD tests cannot run: {reason}")
+    with running_xrootd_facility(tmp_path_factory.mktemp("xrootd-facility"), admin_token) as fac:
         yield fac
 
 
@@ -738,4 +745,5 @@ def xrootd_site(xrootd_facility) -> XRootDSite:
 
 __all__ = ["ADMIN_USER", "CACHE_GRANT", "CACHE_SERVICE_GROUP", "CACHE_SERVICE_USER", "DATA_OWNERS",
            "SERVICE_USER", "SHORT_CACHE_GRANT", "SHORT_CACHE_LIFETIME", "SHORT_USER_GRANT", "SHORT_USER_LIFETIME", "HubRelay", "Token", "XRootDSite", "broker_token",
+           "running_xrootd_facility", "xrootd_missing",
            "xrootd_facility", "xrootd_site"]
