@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,14 +50,16 @@ def url(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def alice_env(xrootd_facility, xrootd_site) -> dict[str, str]:
+def alice_env(xrootd_facility, xrootd_site) -> Iterator[dict[str, str]]:
     for user in ("alice", "bob"):
         xrootd_site.add_file(f"/store/user/{user}/ttbar/nano.root", SAMPLE_FILE.read_bytes())
     scratch = Path(tempfile.mkdtemp(prefix="analysis-", dir=xrootd_site.run_dir))
     token_file = write_private(scratch / "xcache.token", broker_token(xrootd_facility, "alice", "xcache"))
-    return {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(scratch), "X509_CERT_DIR": str(xrootd_site.ca_dir), "BEARER_TOKEN_FILE": str(token_file),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "LANG": "C.UTF-8"}
+    yield {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "HOME": str(scratch), "X509_CERT_DIR": str(xrootd_site.ca_dir), "BEARER_TOKEN_FILE": str(token_file),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "LANG": "C.UTF-8"}
+    for user in ("alice", "bob"):  # the other site tests list the users' directories
+        xrootd_site.remove_tree(f"/store/user/{user}/ttbar")
 
 
 def analyse(site, env: dict[str, str], urls: list[str]) -> dict:

@@ -549,6 +549,14 @@ class XRootDSite:
         target.chmod(0o644)
         self.files[path] = content
 
+    def remove_tree(self, path: str) -> None:
+        """Remove a directory added with add_file from the origin and the cache (module fixtures leave the
+        shared namespace as they found it)."""
+        for server in ("origin", "cache"):
+            shutil.rmtree(self.server_dir(server) / "data" / path.strip("/"), ignore_errors=True)
+        for name in [f for f in self.files if f.startswith(path.rstrip("/") + "/")]:
+            del self.files[name]
+
     def in_cache(self, path: str) -> bool:
         return (self.server_dir("cache") / "data" / path.lstrip("/")).exists()
 
