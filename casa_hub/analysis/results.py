@@ -1,7 +1,8 @@
 """The analysis result's histograms: a figure, a plain JSON form, and the files MLflow keeps.
 
-``plot`` builds a ``matplotlib.figure.Figure`` without pyplot (no global figure state; Jupyter
-shows the returned figure). ``histograms_json`` needs no hist to read back: per histogram the bin
+``plot`` builds a ``matplotlib.figure.Figure`` without pyplot (no global figure state). A figure made
+without pyplot has no picture in Jupyter unless a backend registered one, so the returned figure draws
+itself as PNG (``casa_hub.analysis.figure``). ``histograms_json`` needs no hist to read back: per histogram the bin
 edges, and per data set the bin contents and variances with underflow and overflow kept apart.
 """
 
@@ -15,11 +16,11 @@ PNG, JSON, PICKLE = "histograms.png", "histograms.json", "histograms.pkl"
 
 
 def plot(result: dict[str, Any]) -> Any:
-    """One panel per histogram, one step line per data set."""
-    from matplotlib.figure import Figure
+    """One panel per histogram, one step line per data set (a ``matplotlib.figure.Figure``)."""
+    from casa_hub.analysis.figure import ResultFigure
 
     histograms = result["histograms"]
-    figure = Figure(figsize=(5 * len(histograms), 4), layout="constrained")
+    figure = ResultFigure(figsize=(5 * len(histograms), 4), layout="constrained")
     for ax, (name, h) in zip(figure.subplots(1, len(histograms), squeeze=False)[0], histograms.items(),
                              strict=True):
         edges = h.axes["observable"].edges

@@ -28,6 +28,8 @@ c.JupyterHub.logo_file = str(Path(__file__).resolve().parent / "logo.svg")
 c.CasaLocalProcessSpawner.home_dir_template = str(state / "homes" / "{username}")
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
+# JupyterLab: open a notebook with the facility's one kernel (no "Select Kernel" question), no news pop-up
+c.Spawner.args.append(f"--LabApp.app_settings_dir={Path(__file__).resolve().parent / 'lab-settings'}")
 c.Spawner.http_timeout = 90
 c.Spawner.start_timeout = 120
 

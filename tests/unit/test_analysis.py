@@ -127,6 +127,14 @@ def test_plot_draws_one_panel_per_histogram():
     assert all(ax.get_legend() is not None for ax in figure.axes)
 
 
+def test_the_figure_shows_as_a_picture_in_ipython_without_pyplot():
+    """IPython's display asks for image/png; a bare Figure (no pyplot backend) would give only text."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(plot(run(sample_fileset(), cuts=LOOSE)))
+    assert data["image/png"].startswith(b"\x89PNG\r\n"), sorted(data)
+
+
 # ---- the generator ------------------------------------------------------------------------------
 
 def test_generator_writes_n_files_of_m_resampled_events_the_analysis_reads(tmp_path):
