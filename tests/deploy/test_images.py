@@ -449,10 +449,22 @@ def test_entrypoint_passes_sigterm_to_dask_and_stops_the_renewal(pod, stubs):
     assert not psutil.pid_exists(record(stubs, "casa-hub")["pid"])
 
 
+PY313_WORKER_BIN = ROOT / ".venv-py313-worker" / "bin"  # scripts/images-py313-venv.sh
+
+
 @pytest.mark.e2e
-def test_entrypoint_keeps_a_token_fresh_with_the_real_hub(pod, facility, admin_token):
+@pytest.mark.parametrize("python", ["test-venv", "py313-worker"])
+def test_entrypoint_keeps_a_token_fresh_with_the_real_hub(pod, facility, admin_token, python):
     """The real `casa-hub renew-tokens`, started by the entrypoint, renews a due token at the
-    real broker with alice's server credential while a stand-in dask waits for the new file."""
+    real broker with alice's server credential while a stand-in dask waits for the new file; also with
+    the worker image's packages on Python 3.13 (tests/deploy/test_images_py313.py)."""
+    bin_path = BIN
+    if python == "py313-worker":
+        if not PY313_WORKER_BIN.exists():
+            if os.environ.get("CASA_REQUIRE_PY313") == "1":
+                pytest.fail(f"{PY313_WORKER_BIN} is missing: scripts/images-py313-venv.sh did not build it")
+            pytest.skip(f"{PY313_WORKER_BIN} is missing (scripts/images-py313-venv.sh builds it)")
+        bin_path = PY313_WORKER_BIN
     model = login_and_start_server(facility.hub_url, admin_token, "alice", facility.password("alice"))
     server_env = read_server_environ(model["servers"][""]["state"]["pid"])
     now = int(time.time())
@@ -464,7 +476,7 @@ def test_entrypoint_keeps_a_token_fresh_with_the_real_hub(pod, facility, admin_t
     (bin_dir / "dask").write_text(f'#!/bin/sh\ni=0\nwhile grep -qx "{due}" "{token}"; do i=$((i+1)); '
                                   '[ $i -lt 1200 ] || exit 9; sleep 0.1; done\necho "renewed: $*"\n')
     (bin_dir / "dask").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin", "JUPYTERHUB_API_URL": server_env["JUPYTERHUB_API_URL"],
+    env = {"PATH": f"{bin_dir}:{bin_path}:/usr/bin:/bin", "JUPYTERHUB_API_URL": server_env["JUPYTERHUB_API_URL"],
            "JUPYTERHUB_API_TOKEN": server_env["JUPYTERHUB_API_TOKEN"]}
     r = run(["bash", ENTRYPOINT, "worker", "tcp://127.0.0.1:8786"], pod, env=env)
     assert (r.returncode, r.stdout) == (0, "renewed: worker tcp://127.0.0.1:8786\n"), r.stderr
