@@ -20,6 +20,7 @@ from dask_gateways import job_user  # noqa: F401 - the Unix account of the Slurm
 from facilities import TestFacility, make_facility
 from leak_scan import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 - fails the run on a token leak
 from shared_facilities import (  # noqa: F401 - facilities that several modules share (see there)
+    shared_analysis_facility,
     shared_dask_facility,
     shared_integrations_facility,
     shared_pages_facility,

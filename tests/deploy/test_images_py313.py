@@ -21,12 +21,13 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from casa_hub.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -96,12 +97,6 @@ print("jupyterhub", jupyterhub.__version__, "oauthenticator", oauthenticator.__v
     assert r.returncode == 0, r.stderr
     assert "jupyterhub.authenticators casa-oidc" in r.stdout and "jupyterhub.spawners casa-kube" in r.stdout
     assert "jupyterhub 5.5.0 oauthenticator 17.4.0" in r.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_storage_token(sub: str = "alice") -> str:

@@ -19,13 +19,14 @@ from pathlib import Path
 import jwt
 import pytest
 import requests
-from facilities import make_facility
+from facilities import stop_servers
 from helpers import admin_api, http_login, login_and_start_server, read_server_environ
+from shared_facilities import ANALYSIS_EVENTS, ANALYSIS_FILES
 
 pytest.importorskip("coffea")
 pytest.importorskip("dask_gateway_server")
 
-FILES, EVENTS = 2, 400
+FILES, EVENTS = ANALYSIS_FILES, ANALYSIS_EVENTS
 #: the notebook's cells, as a physicist runs them (examples/ttbar_analysis.ipynb), then a summary line
 NOTEBOOK_CODE = """
 import json
@@ -64,11 +65,10 @@ print("RESULT " + json.dumps({
 
 
 @pytest.fixture(scope="module")
-def fac(tmp_path_factory, admin_token):
-    facility = make_facility(tmp_path_factory.mktemp("analysis") / "state", admin_token, name="analysis",
-                             dask=True, mlflow=True, data_files=FILES, data_events=EVENTS)
-    with facility:
-        yield facility
+def fac(shared_analysis_facility, admin_token):
+    """The shared analysis facility; alice's server (and so her cluster) stops when the module ends."""
+    yield shared_analysis_facility
+    stop_servers(shared_analysis_facility, admin_token, "alice")
 
 
 def test_the_example_analysis_runs_from_the_notebook_environment(fac, admin_token, tmp_path):

@@ -270,7 +270,9 @@ def test_renewer_keeps_the_caches_token_fresh_and_the_cache_depends_on_it(xrootd
 def test_a_connection_never_idle_keeps_its_login_token_past_expiry(cred_site, relay, service_api_token, alice):
     """The limitation (XRootD 5.5.3): the cache's client does not log in again on an open connection, so a
     connection kept busy (never idle for DataServerTTL) is refused by the origin once the token it logged
-    in with has expired, although the renewer keeps the file fresh."""
+    in with has expired, although the renewer keeps the file fresh. Some runs never reach it: the cache
+    logs in again within 150 s (a connection closed) and every miss is read. Either is accepted and said;
+    what must never happen is a read over a login whose token had expired without a new login."""
     site = cred_site
     stale = claims_of(site.cache_token_file)  # expired (the test above): renewed as soon as the renewer starts
     site.start_renewer(relay.api_url, service_api_token)
@@ -279,24 +281,34 @@ def test_a_connection_never_idle_keeps_its_login_token_past_expiry(cred_site, re
         assert time.monotonic() < deadline, "the renewer did not replace an expired token at once"
         time.sleep(0.2)
     with TokenWatch(site.cache_token_file) as watch:
-        mark = len(site.xrootd_log("origin"))
-        t0 = time.monotonic()
+        mark, logins = len(site.xrootd_log("origin")), origin_logins(site)
+        t0, refused_at = time.monotonic(), None
         for i in itertools.count():  # a miss every ~3 s: the cache's connections are never idle for 10 s
             r, content = read_new_file(site, alice, f"busy-{i}")
             if r.returncode != 0:
                 refused_at, refused_wall = time.monotonic() - t0, time.time()
                 break
             assert r.stdout == content
-            assert time.monotonic() - t0 < 150, "no refusal: does this XRootD log in again with the new token?"
+            if time.monotonic() - t0 > 150:
+                break
             time.sleep(2)
         assert site.stop_renewer() == 0
-    print(f"misses every ~3 s: first refusal after {refused_at:.0f} s, {refused_wall - login['exp']:.0f} s after "
-          f"the token of the first connection expired; {len(watch.seen)} tokens in the file meanwhile")
     assert watch.problems == [], watch.problems  # the file held a valid token all along
     assert len(watch.seen) >= 2, "the file was renewed meanwhile"
-    assert refused_wall > login["exp"], "refused before any connection's login token expired"
-    assert "Failed to deserialize SciToken: token verification failed: token expired" in \
-        site.xrootd_log("origin")[mark:]
-    assert "permission denied" in r.stderr, r.stderr
+    if refused_at is None:
+        # every miss was read for 150 s (several lifetimes): only safe if the cache logged in again meanwhile
+        # (a connection closed and reopened with the file's fresh token), never on an expired login token
+        new_logins = origin_logins(site) - logins
+        print(f"misses every ~3 s: all read for {time.monotonic() - t0:.0f} s; the cache logged in again "
+              f"{new_logins} times")
+        assert new_logins >= 1, "no refusal and no new login: the origin kept serving a connection whose login " \
+                                "token had expired"
+    else:
+        print(f"misses every ~3 s: first refusal after {refused_at:.0f} s, {refused_wall - login['exp']:.0f} s "
+              f"after the token of the first connection expired; {len(watch.seen)} tokens in the file meanwhile")
+        assert refused_wall > login["exp"], "refused before any connection's login token expired"
+        assert "Failed to deserialize SciToken: token verification failed: token expired" in \
+            site.xrootd_log("origin")[mark:]
+        assert "permission denied" in r.stderr, r.stderr
     for secret in (service_api_token, *watch.tokens):
         assert secret not in renewer_log(site) and secret not in site.xrootd_log("origin")

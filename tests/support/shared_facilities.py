@@ -36,6 +36,13 @@ hostile claims. Only alice signs in here before test_login_rejections.py, which 
 - e2e/test_integration_mlflow_e2e.py: the mlflow grant and integration, the MLflow server;
 - e2e/test_integration_notebook.py: the four integrations, their grants, the recording ServiceX;
 - e2e/test_login_rejections.py: the token proxy, the second client, the hostile users.
+
+``shared_analysis_facility`` ("analysis"): the demo facility with its Dask Gateway, its MLflow server and the
+sample data set ttbar (``ANALYSIS_FILES`` x ``ANALYSIS_EVENTS``); alice's home holds the example notebook.
+
+- e2e/test_analysis_on_the_facility.py: the notebook's cells in alice's server environment; her newest run;
+- browser/test_browser_notebook.py: the notebook in JupyterLab; the run made after the test began (the
+  notebook file is the one placed at her first start: the e2e module runs its cells, never saves it).
 """
 
 from __future__ import annotations
@@ -164,6 +171,20 @@ def shared_dask_facility(tmp_path_factory, admin_token) -> Iterator[TestFacility
     with released_after_last_use("shared_dask_facility") as stack:
         fac = make_facility(tmp_path_factory.mktemp("dask-facility") / "facility", admin_token, name="dask",
                             dask=True, hub_configs=[DASK_CONFIG, RENEWAL_CONFIG])
+        yield stack.enter_context(fac)
+
+
+#: the analysis facility's sample data set: files x events per file
+ANALYSIS_FILES, ANALYSIS_EVENTS = 2, 400
+
+
+@pytest.fixture(scope="session")
+def shared_analysis_facility(tmp_path_factory, admin_token) -> Iterator[TestFacility]:
+    """The demo facility with Dask Gateway, MLflow and the sample data set."""
+    with released_after_last_use("shared_analysis_facility") as stack:
+        fac = make_facility(tmp_path_factory.mktemp("analysis-facility") / "facility", admin_token,
+                            name="analysis", dask=True, mlflow=True, data_files=ANALYSIS_FILES,
+                            data_events=ANALYSIS_EVENTS)
         yield stack.enter_context(fac)
 
 

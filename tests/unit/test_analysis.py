@@ -11,7 +11,6 @@ import ast
 import itertools
 import json
 import math
-import socket
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from casa_hub.analysis import (
     sample_fileset,
 )
 from casa_hub.analysis.generate import COLLECTIONS, EVENT_BRANCHES, branch_names, main, read_source
+from casa_hub.common.ports import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # coffea: cross-references to absent collections
 
@@ -257,9 +257,7 @@ def test_yaml_fileset_and_full_urls(tmp_path):
 # ---- MLflow --------------------------------------------------------------------------------
 
 def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # nothing listens there
 
 
 def test_mlflow_down_is_reported_and_the_result_kept(caplog):

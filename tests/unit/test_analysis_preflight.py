@@ -3,8 +3,6 @@ tests/site/test_analysis_through_xcache.py."""
 
 from __future__ import annotations
 
-import socket
-
 import jwt
 import pytest
 
@@ -14,6 +12,7 @@ from casa_hub.analysis.preflight import (
     remote_servers,
     token_read_paths,
 )
+from casa_hub.common.ports import free_port
 
 
 def test_remote_servers_are_found_with_their_default_ports():
@@ -35,9 +34,7 @@ def test_the_tokens_read_paths_are_below_the_storage_base(tmp_path, monkeypatch)
 
 
 def test_a_server_that_refuses_connections_is_named_and_local_files_need_none():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     with pytest.raises(DataAccessError, match=rf"the data cache root://127.0.0.1:{port} is not reachable "
                                               r"\(Connection refused\): the analysis did not start"):
         check_access({"ttbar": {"files": [f"root://127.0.0.1:{port}//store/a.root"]}}, timeout=2)

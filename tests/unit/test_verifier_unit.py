@@ -6,12 +6,12 @@ served by the verifier's ``fetch`` hook from that issuer's own documents.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import jwt
 import pytest
 
+from casa_hub.common.ports import free_port
 from casa_hub.tokens import CasaTokenIssuer
 from casa_hub.tokens.claims_policy import check_token_times_and_header
 from casa_hub.tokens.verifier import REASONS, FacilityTokenVerifier, TokenRejected, url_allowed
@@ -120,9 +120,7 @@ def test_bad_discovery_documents_give_no_keys(tmp_path, caplog, over, why):
 
 
 def test_unreachable_issuer_gives_keys_unavailable(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     issuer = make_issuer(tmp_path)
     v = FacilityTokenVerifier(f"http://127.0.0.1:{port}/hub/casa-issuer", "xcache.test")
     with pytest.raises(TokenRejected, match=f"127.0.0.1:{port}") as e:

@@ -18,6 +18,7 @@ import jwt
 import pytest
 from distributed import Client, LocalCluster
 
+from casa_hub.common.files import write_private
 from casa_hub.dask.worker_renewal import (
     PLUGIN_NAME,
     StorageTokenPlugin,
@@ -126,7 +127,7 @@ def test_pushed_tokens_reach_every_worker_now_and_later_and_only_newer_ones_repl
     # 2. the agent renews the file: the running pusher brings the new token to every worker
     pusher.start()
     second = make_token(120)
-    token_file.write_text(second)
+    write_private(token_file, second)  # atomically, as the renewal agent does
     wait_for(lambda: all(v.get("token") == second for v in client.run(worker_view).values()), what="the renewal")
     assert pusher.pushes == 2 and pusher.pushed_jti == jti(second)
 
@@ -138,17 +139,17 @@ def test_pushed_tokens_reach_every_worker_now_and_later_and_only_newer_ones_repl
 
     # 4. a token that expires sooner than the workers' is not taken; one of another user is refused
     shorter = make_token(30)
-    token_file.write_text(shorter)
+    write_private(token_file, shorter)
     wait_for(lambda: pusher.pushed_jti == jti(shorter), what="the push of the shorter token")
     views = client.run(worker_view)
     assert all(v["token"] == second and v["record"]["outcome"] == "kept" for v in views.values()), views
     # a token of another user in the file is not pushed; pushed anyway, every worker refuses it
     bobs = make_token(600, sub="bob", scope="storage.read:/user/bob")
-    token_file.write_text(bobs)
+    write_private(token_file, bobs)
     wait_for(lambda: pusher.skipped_jti == jti(bobs), what="the pusher to look at bob's token")
     assert "another identity" in pusher.last_error and pusher.pushed_jti == jti(shorter)
     expired = make_token(-5)
-    token_file.write_text(expired)
+    write_private(token_file, expired)
     wait_for(lambda: pusher.skipped_jti == jti(expired), what="the pusher to look at an expired token")
     assert "expired" in pusher.last_error
     pusher.stop()
