@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node_modules with oidc-provider and configurable-http-proxy")
     parser.add_argument("--no-dask", action="store_true", help="no Dask Gateway, no per-user Dask cluster")
     parser.add_argument("--no-mlflow", action="store_true", help="no MLflow tracking server")
+    parser.add_argument("--no-xcache", action="store_true",
+                        help="no data cache (XRootD origin + XCache); notebooks then read the sample data from local files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.state_dir), hub_port=args.port, idp_port=args.idp_port,
             node_modules=args.node_modules, progress=say,
             # a Dask cluster per user (Dask Gateway as a hub service) when dask-gateway-server is installed
-            dask=not args.no_dask, mlflow=not args.no_mlflow,
+            dask=not args.no_dask, mlflow=not args.no_mlflow, xcache=not args.no_xcache,
         )
     except DemoError as e:
         print(f"casa-hub demo: error: {e}", file=sys.stderr)
@@ -54,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(f"  The facility is running: open {facility.hub_url}/ in a browser.")
         print(f"  Identity provider: {facility.idp_url}   Token issuer: {facility.issuer_url}")
+        if facility.data_cache is not None:
+            print(f"  Data cache (XCache): {facility.data_cache.url}  namespace /store "
+                  "(/store/data: the sample data, /store/user/<name>: each physicist's own)")
         if facility.mlflow_enabled:
             print(f"  MLflow tracking server: {facility.mlflow_url} (sign in with a facility token of the mlflow grant)")
         print("  Demo logins (username / password / groups):")

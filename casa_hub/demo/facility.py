@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,9 +31,11 @@ from typing import Any
 
 import psutil
 
+from casa_hub.analysis.sample import SAMPLE_FILE
 from casa_hub.common.files import write_private
 from casa_hub.common.ports import free_port, port_is_free
 from casa_hub.demo import mlflow_service
+from casa_hub.demo.data_cache import DataCacheError, DemoDataCache, data_cache_missing
 
 HERE = Path(__file__).resolve().parent
 PROVIDER_SCRIPT = HERE / "oidc_provider.mjs"
@@ -112,12 +115,17 @@ class DemoFacility:
     dask: bool = False
     #: run the facility's MLflow tracking server (casa_hub's auth plugin) when MLflow is installed
     mlflow: bool = False
+    #: run the data cache (a real XRootD origin and XCache, ``casa_hub.demo.data_cache``) when XRootD is
+    #: installed and this runs as root; otherwise notebooks read the sample data from local files
+    xcache: bool = False
     #: the sample data set (files x events per file; 0 events: none)
     data_files: int = 4
     data_events: int = 5000
     #: the drop-in directory (default: ``jupyterhub_config.d/`` of this checkout)
     dropins_dir: Path | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: the running data cache (set by ``prepare`` when ``xcache`` is on and XRootD can run here)
+    data_cache: DemoDataCache | None = None
     #: processes a stopped hub left running (servers with ``cleanup_servers = False``); ``stop`` ends them
     orphans: list[psutil.Process] = field(default_factory=list)
 
@@ -141,7 +149,11 @@ class DemoFacility:
 
     @property
     def issuer_url(self) -> str:
-        return self.issuer_url_override or f"{self.hub_url}/hub/casa-issuer"
+        if self.issuer_url_override:
+            return self.issuer_url_override
+        if self.data_cache is not None:  # XRootD trusts https issuers only (see casa_hub.demo.data_cache)
+            return f"https://localhost:{self.data_cache.issuer_port}/hub/casa-issuer"
+        return f"{self.hub_url}/hub/casa-issuer"
 
     @property
     def log_dir(self) -> Path:
@@ -181,10 +193,20 @@ class DemoFacility:
             },
             "spawner_kind": "local",
         }
+        site["integrations"] = {"xcache": {}}
+        if self.data_cache is not None:
+            # the sample data set (/store/data/...) besides the user's own directory, through the cache
+            grant = site["tokens"]["grants"]["xcache"]
+            grant["scopes"] = [*grant["scopes"], "storage.read:/data"]
+            # the cache authorises by user and group for its audience (site-config --prefix-safe): the admins'
+            # operations grant (all of /store) gets an audience of its own, so that an admin's everyday
+            # storage token reads only what a physicist's does
+            site["tokens"]["grants"]["operations"]["audience"] = "casa-demo-operations"
+            site["integrations"]["xcache"] = {"endpoint": self.data_cache.url, "ca_dir": str(self.data_cache.ca_dir)}
         if self.mlflow_enabled:
             extra = mlflow_service.site_sections(self.mlflow_url)
             site["tokens"]["grants"].update(extra["tokens"]["grants"])
-            site["integrations"] = {"xcache": {}, **extra["integrations"]}
+            site["integrations"].update(extra["integrations"])
         for key, value in self.site_overrides.items():
             if isinstance(value, dict) and isinstance(site.get(key), dict):
                 site[key] = {**site[key], **value}
@@ -251,6 +273,7 @@ class DemoFacility:
             **self.idp_overrides,
         }
         _write_secret(self.state_dir / "idp" / "config.json", json.dumps(idp_config, indent=2))
+        self._plan_data_cache()
         settings = {
             "hub_port": self.hub_port,
             "hub_api_port": free_port(),
@@ -262,16 +285,47 @@ class DemoFacility:
             "dropins_dir": str(self.dropins_dir),
             "dask": self.dask,
             "mlflow_port": free_port() if self.mlflow else None,
+            "data_cache": {"url": self.data_cache.url, "ca_dir": str(self.data_cache.ca_dir)}
+            if self.data_cache else None,
         }
         (self.state_dir / "settings.json").write_text(json.dumps(settings, indent=2))
         (self.state_dir / "site.json").write_text(json.dumps(self.site_settings(), indent=2))
         self.prepare_data()
         self.log_dir.mkdir(exist_ok=True)
 
+    def _plan_data_cache(self) -> None:
+        self.data_cache = None
+        if not self.xcache:
+            return
+        reason = data_cache_missing()
+        if reason:
+            self.progress(f"      no data cache: {reason}; notebooks read the sample data from local files")
+            return
+        if self.issuer_url_override:
+            raise DemoError("the demo's data cache verifies tokens of the demo's own issuer: "
+                            "do not set issuer_url_override with xcache")
+        run_dir = Path(tempfile.gettempdir()) / f"casa-demo-xrootd-{secrets.token_hex(4)}"
+        self.data_cache = DemoDataCache(run_dir=run_dir, data_dir=self.state_dir / "data", hub_port=self.hub_port,
+                                        issuer_port=free_port(), cache_port=free_port(), site_config=self._site_config,
+                                        users=[], progress=self.progress)
+
+    def _site_config(self, args: list[str]) -> subprocess.CompletedProcess:
+        """``casa-hub site-config xrootd ARGS`` on the demo's hub configuration, as an admin runs it."""
+        return subprocess.run([sys.executable, "-m", "casa_hub.cli", "site-config", "xrootd", "-f", str(HUB_CONFIG),
+                               *args], env=dict(self._base_env(), **self.config_env()), capture_output=True,
+                              text=True, timeout=120)
+
     def prepare_data(self) -> None:
-        """The physicists' sample data set ``ttbar`` (CMS Open Data NanoAOD resampled into
-        ``data_files`` files of ``data_events`` events) under ``<state>/data/store/data/ttbar`` and
-        its fileset file ``<state>/data/fileset.json``; once, and only with the analysis stack installed."""
+        """Each physicist's own directory ``/store/user/<name>/`` (holding the 200-event sample as
+        ``sample/nano.root``) and the physicists' sample data set ``ttbar`` (CMS Open Data NanoAOD
+        resampled into ``data_files`` files of ``data_events`` events) under ``<state>/data/store/data/ttbar``
+        with its fileset file ``<state>/data/fileset.json``; once, the data set only with the analysis
+        stack installed."""
+        for user in self.users():
+            own = self.state_dir / "data" / "store" / "user" / user["username"] / "sample" / "nano.root"
+            if "physicists" in user.get("groups", []) and not own.exists():
+                own.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(SAMPLE_FILE, own)
         fileset = self.state_dir / "data" / "fileset.json"
         if fileset.exists() or not self.data_events:
             return
@@ -323,6 +377,14 @@ class DemoFacility:
         t0 = time.monotonic()
         self.progress(f"[2/3] starting the demo identity provider at {self.idp_url}")
         self.start_idp(timeout)
+        if self.data_cache is not None:
+            self.progress(f"      starting the data cache: XRootD origin and XCache at {self.data_cache.url}")
+            self.data_cache.users = [u["username"] for u in self.users() if "physicists" in u.get("groups", [])]
+            try:
+                self.data_cache.start(timeout)
+            except (DataCacheError, OSError, subprocess.SubprocessError) as e:
+                raise DemoError(f"the data cache did not start: {e}\n(logs in {self.data_cache.log_dir}; "
+                                "start the demo with --no-xcache to run without it)") from e
         if self.mlflow and not self.mlflow_enabled:
             self.progress("MLflow is not installed (pip install 'casa_hub[mlflow]'): running without the "
                           "tracking server; notebooks get no MLflow settings")
@@ -330,6 +392,8 @@ class DemoFacility:
             self.progress(f"      starting the MLflow tracking server at {self.mlflow_url}")
             cmd, env = mlflow_service.command_and_env(self.state_dir, int(self.mlflow_url.rsplit(":", 1)[1]),
                                                       self.issuer_url)
+            if self.data_cache is not None:  # the issuer's https certificate is from the demo's CA
+                env["REQUESTS_CA_BUNDLE"] = str(self.data_cache.ca_file)
             self._spawn("mlflow", cmd, dict(self._base_env(), **env))
         self.progress(f"[3/3] starting JupyterHub at {self.hub_url} (hub, proxy, token issuer)")
         self.start_hub(timeout)
@@ -396,7 +460,8 @@ class DemoFacility:
 
     def descendants(self) -> list[psutil.Process]:
         found = [p for p in self.orphans if _alive(p)]
-        for proc in self.procs.values():
+        procs = [*self.procs.values(), *(self.data_cache.procs.values() if self.data_cache else ())]
+        for proc in procs:
             try:
                 found.append(psutil.Process(proc.pid))
                 found.extend(psutil.Process(proc.pid).children(recursive=True))
@@ -430,6 +495,8 @@ class DemoFacility:
                 pass
         self.procs.clear()
         self.orphans.clear()
+        if self.data_cache is not None:
+            self.data_cache.stop()
 
     def __enter__(self) -> DemoFacility:
         try:

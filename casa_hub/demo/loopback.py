@@ -56,4 +56,7 @@ if settings.get("dask"):
     from casa_hub.integrations.dask.gateway_service import add_embedded_gateway, gateway_available
 
     if gateway_available():
-        add_embedded_gateway(c, state, hub_url)
+        # with the demo's data cache, workers trust its certificate as the notebooks do
+        cache = settings.get("data_cache") or {}
+        add_embedded_gateway(c, state, hub_url,
+                             worker_environment={"X509_CERT_DIR": cache["ca_dir"]} if cache else None)

@@ -1,11 +1,11 @@
 """The physicist's first day in the real headless Chromium: alice signs in, finds the example notebook in
 JupyterLab, runs all its cells (no set-up cell) and the analysis lands in MLflow as hers.
 
-The facility runs Dask Gateway (local backend), the MLflow server with casa_hub's auth plugin, and the demo's
-sample data set (2 files x 400 events, local files: no cache here; the cache path is
-tests/site/test_analysis_through_xcache.py). The histograms MLflow holds are compared with an independent
-uproot computation on the same files (tests/unit/test_analysis.py ``reference``), with the notebook's own
-(default) cuts.
+The facility runs Dask Gateway (local backend), the MLflow server with casa_hub's auth plugin, the demo's data
+cache (a real XRootD origin and XCache) and the sample data set (2 files x 400 events) that the notebook reads
+by name through the cache with alice's token: the cache's log shows alice's token authorising the reads. The
+histograms MLflow holds are compared with an independent uproot computation on the same files
+(tests/unit/test_analysis.py ``reference``), with the notebook's own (default) cuts.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def mlflow_headers(fac) -> dict[str, str]:
 @pytest.mark.timeout(600)  # the facility, JupyterLab, a kernel, the cluster and the analysis
 def test_alice_runs_the_example_notebook_and_her_run_is_in_mlflow(page, fac, artifacts_dir):  # noqa: F811
     began_ms = int(time.time() * 1000)  # the facility is shared: alice's runs from before are not this test's
+    cache_log_mark = len(fac.data_cache.xrootd_log("cache"))
     console: list[str] = []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
     page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
@@ -142,6 +143,11 @@ def test_alice_runs_the_example_notebook_and_her_run_is_in_mlflow(page, fac, art
     logged = json.loads(r.text)
     files = sorted((fac.state_dir / "data" / "store" / "data" / "ttbar").glob("*.root"))
     assert len(files) == FILES
+    # the notebook read them through the cache, which authorised alice's token (XRootD maps the token's sub)
+    new_log = fac.data_cache.xrootd_log("cache")[cache_log_mark:]
+    assert "login as alice" in new_log and "login as bob" not in new_log, new_log[-2000:]
+    cached = fac.data_cache.server_dir("cache") / "data" / "store" / "data" / "ttbar"
+    assert sorted(p.name for p in cached.glob("*.root")) == [f.name for f in files], "the cache holds the data set"
     expected = reference(files)
     for name in ("ht_4j1b", "mbjj_4j2b"):
         got = logged[name]["datasets"]["ttbar"]

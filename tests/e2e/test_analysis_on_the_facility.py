@@ -4,14 +4,16 @@ data set by name, runs the ttbar selection on the cluster's workers and logs the
 the user. The histograms are compared with an independent computation on the same files.
 
 Real here: provider, hub, proxy, the notebook server process and its environment, Dask Gateway with
-local workers, the MLflow server with casa_hub's auth plugin. Not here: the XRootD cache (the demo
-reads its sample data from local files when no cache is configured; the cache path is
-tests/site/test_integration_xcache_notebook.py).
+local workers, the demo's data cache (a real XRootD origin and XCache verifying alice's own storage token
+against the hub's published issuer), the MLflow server with casa_hub's auth plugin.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,9 @@ import requests
 from facilities import stop_servers
 from helpers import admin_api, http_login, login_and_start_server, read_server_environ
 from shared_facilities import ANALYSIS_EVENTS, ANALYSIS_FILES
+
+from casa_hub.analysis.sample import SAMPLE_FILE
+from casa_hub.common.files import write_private
 
 pytest.importorskip("coffea")
 pytest.importorskip("dask_gateway_server")
@@ -77,6 +82,9 @@ def test_the_example_analysis_runs_from_the_notebook_environment(fac, admin_toke
     home = fac.state_dir / "homes" / "alice"
     assert (home / "ttbar_analysis.ipynb").exists(), "the example notebook is in alice's home"
     assert "JUPYTERHUB_API_TOKEN" in env and "MLFLOW_TRACKING_URI" in env and "CASA_FILESET" in env
+    cache = fac.data_cache
+    assert env["CASA_XCACHE_URL"] == cache.url and env["X509_CERT_DIR"] == str(cache.ca_dir)
+    logins = cache.xrootd_log("cache").count("login as alice")
 
     run = subprocess.run([sys.executable, "-c", NOTEBOOK_CODE], env=env, cwd=home, capture_output=True,
                          text=True, timeout=240)
@@ -85,9 +93,15 @@ def test_the_example_analysis_runs_from_the_notebook_environment(fac, admin_toke
     got = json.loads(line[len("RESULT "):])
     assert got["events"] == FILES * EVENTS, "every event of the data set was processed"
     assert got["workers"] >= 1, "the analysis ran on the cluster's workers"
-    assert len(got["files"]) == FILES and all(u.startswith("file://") for u in got["files"])
+    # read through the cache by dataset name, as alice: the cache checked her token and now holds the files
+    prefix = f"{cache.url}//store/data/ttbar/"
+    assert len(got["files"]) == FILES and all(u.startswith(prefix) for u in got["files"]), got["files"]
+    paths = [u[len(cache.url) + 1:] for u in got["files"]]
+    assert cache.xrootd_log("cache").count("login as alice") > logins, "the cache saw alice's token"
+    cached = cache.server_dir("cache") / "data"
+    assert all((cached / p.lstrip("/")).exists() for p in paths), "the cache holds what was read"
 
-    expected = independent_histograms([u[len("file://"):] for u in got["files"]])
+    expected = independent_histograms([str(fac.state_dir / "data" / p.lstrip("/")) for p in paths])
     assert got["cutflow"] == expected["cutflow"], "same cut flow as uproot directly"
     assert got["ht"] == expected["ht_4j1b"].tolist() and got["mbjj"] == expected["mbjj_4j2b"].tolist(), \
         "same histograms as uproot directly"
@@ -142,3 +156,41 @@ def independent_histograms(paths: list[str]) -> dict:
     finally:
         sys.path.pop(0)
     return unit.reference([Path(p) for p in paths], unit.LOOSE)
+
+
+def xrdcp(cache, token: str, path: str, scratch: Path) -> subprocess.CompletedProcess:
+    """``xrdcp root://<cache>/<path>`` with ``token`` in a 0600 ``BEARER_TOKEN_FILE`` (never in argv)."""
+    token_file = write_private(scratch / f"token-{secrets.token_hex(4)}", token)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "X509_CERT_DIR": str(cache.ca_dir),
+           "BEARER_TOKEN_FILE": str(token_file), "XRD_REQUESTTIMEOUT": "30"}
+    return subprocess.run(["xrdcp", "--nopbar", "-f", f"{cache.url}/{path}", "-"], env=env, capture_output=True,
+                          timeout=60)
+
+
+def broker(fac, user: str, grant: str) -> str:
+    s, r = http_login(fac.hub_url, user, fac.password(user))
+    assert r.status_code == 200
+    r = s.post(f"{fac.hub_url}/hub/api/casa/tokens/{grant}", headers={"X-XSRFToken": s.cookies.get("_xsrf", "")},
+               timeout=30)
+    assert r.status_code == 200, r.text[:200]
+    return r.json()["token"]
+
+
+@pytest.mark.skipif(not shutil.which("xrdcp"), reason="xrdcp (Debian xrootd-client) is not installed")
+def test_each_user_reads_their_own_directory_and_the_data_set_but_not_another_users(fac, tmp_path):
+    """The demo's cache: alice reads /store/user/alice and /store/data; bob's token (bob is also a facility
+    admin: his everyday storage token is a physicist's) is refused alice's directory, and reads his own."""
+    alice, bob = broker(fac, "alice", "xcache"), broker(fac, "bob", "xcache")
+    own = "/store/user/alice/sample/nano.root"
+    expected = (fac.state_dir / "data" / own.lstrip("/")).read_bytes()
+    r = xrdcp(fac.data_cache, alice, own, tmp_path)
+    assert r.returncode == 0 and r.stdout == expected, r.stderr[-500:]
+    data_file = sorted((fac.state_dir / "data" / "store" / "data" / "ttbar").glob("*.root"))[0]
+    r = xrdcp(fac.data_cache, alice, f"/store/data/ttbar/{data_file.name}", tmp_path)
+    assert r.returncode == 0 and r.stdout == data_file.read_bytes(), r.stderr[-500:]
+    r = xrdcp(fac.data_cache, bob, own, tmp_path)
+    assert r.returncode != 0 and r.stdout == b"" and b"permission denied" in r.stderr.lower(), r.stderr[-500:]
+    r = xrdcp(fac.data_cache, bob, "/store/user/bob/sample/nano.root", tmp_path)
+    assert r.returncode == 0 and r.stdout == SAMPLE_FILE.read_bytes(), r.stderr[-500:]
+    r = xrdcp(fac.data_cache, "not-a-token", own, tmp_path)
+    assert r.returncode != 0 and r.stdout == b"", "no valid token, no data"

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,10 @@ import pytest
 import requests
 from helpers import http_login
 
+from casa_hub.analysis.sample import SAMPLE_FILE
+from casa_hub.common.files import write_private
 from casa_hub.common.ports import free_port
+from casa_hub.demo.data_cache import data_cache_missing
 
 pytestmark = pytest.mark.e2e
 
@@ -68,6 +72,20 @@ def stop_demo(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, rest
 
 
+def netns_names() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if shutil.which("ip") else ""
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def read_through_cache(cache: dict, token: str, path: str, scratch: Path) -> subprocess.CompletedProcess:
+    """``xrdcp`` from the demo's cache with ``token`` in a 0600 ``BEARER_TOKEN_FILE``."""
+    token_file = write_private(scratch / "xcache.token", token)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "X509_CERT_DIR": cache["ca_dir"],
+           "BEARER_TOKEN_FILE": str(token_file), "XRD_REQUESTTIMEOUT": "30"}
+    return subprocess.run(["xrdcp", "--nopbar", "-f", f"{cache['url']}/{path}", "-"], env=env,
+                          capture_output=True, timeout=60)
+
+
 def test_demo_starts_logs_in_and_stops_cleanly_then_reuses_state(tmp_path):
     state = tmp_path / "demo-state"
     hub_port, idp_port = free_port(), free_port()
@@ -94,9 +112,24 @@ def test_demo_starts_logs_in_and_stops_cleanly_then_reuses_state(tmp_path):
         assert made.status_code == 200, made.text[:300]
         assert requests.post(f"{mlflow_url}/api/2.0/mlflow/experiments/create", json={"name": "anonymous"},
                              timeout=30).status_code == 401, "no token, no MLflow"
+        # the data cache is up (real XRootD origin + XCache) and serves alice her own directory with her token
+        cache = json.loads((state / "settings.json").read_text())["data_cache"]
+        if data_cache_missing() is None:
+            assert f"Data cache (XCache): {cache['url']}" in out
+            xcache = s.post(f"http://127.0.0.1:{hub_port}/hub/api/casa/tokens/xcache",
+                            headers={"X-XSRFToken": s.cookies.get("_xsrf", "")}, timeout=10).json()["token"]
+            read = read_through_cache(cache, xcache, "/store/user/alice/sample/nano.root", tmp_path)
+            assert read.returncode == 0 and read.stdout == SAMPLE_FILE.read_bytes(), read.stderr[-500:]
+            run_dir = Path(cache["ca_dir"]).parent
+            assert run_dir.is_dir() and any(n.startswith("casa-demo-") for n in netns_names())
+        else:
+            assert cache is None and "no data cache:" in out, "the demo says plainly that it runs without the cache"
     finally:
         code, rest = stop_demo(proc)
     assert code == 0 and "stopped" in rest
+    if cache:
+        assert not run_dir.exists(), "the cache's run directory is removed"
+        assert not [n for n in netns_names() if n.startswith("casa-demo-")], "the cache's namespace is deleted"
     assert oct((state / "secrets" / "crypt_key").stat().st_mode & 0o777) == "0o600"
     assert oct(state.stat().st_mode & 0o777) == "0o700"
 

@@ -37,8 +37,9 @@ hostile claims. Only alice signs in here before test_login_rejections.py, which 
 - e2e/test_integration_notebook.py: the four integrations, their grants, the recording ServiceX;
 - e2e/test_login_rejections.py: the token proxy, the second client, the hostile users.
 
-``shared_analysis_facility`` ("analysis"): the demo facility with its Dask Gateway, its MLflow server and the
-sample data set ttbar (``ANALYSIS_FILES`` x ``ANALYSIS_EVENTS``); alice's home holds the example notebook.
+``shared_analysis_facility`` ("analysis"): the demo facility with its Dask Gateway, its MLflow server, its data
+cache (real XRootD origin + XCache, ``casa_hub.demo.data_cache``) and the sample data set ttbar
+(``ANALYSIS_FILES`` x ``ANALYSIS_EVENTS``) read through it; alice's home holds the example notebook.
 
 - e2e/test_analysis_on_the_facility.py: the notebook's cells in alice's server environment; her newest run;
 - browser/test_browser_notebook.py: the notebook in JupyterLab; the run made after the test began (the
@@ -62,6 +63,7 @@ from pages_support import ProbeService
 from token_proxy import TokenProxy
 
 from casa_hub.common.ports import free_port
+from casa_hub.demo.data_cache import data_cache_missing
 
 # ---- dask -------------------------------------------------------------------------------------------
 
@@ -180,10 +182,13 @@ ANALYSIS_FILES, ANALYSIS_EVENTS = 2, 400
 
 @pytest.fixture(scope="session")
 def shared_analysis_facility(tmp_path_factory, admin_token) -> Iterator[TestFacility]:
-    """The demo facility with Dask Gateway, MLflow and the sample data set."""
+    """The demo facility with Dask Gateway, MLflow, the data cache and the sample data set."""
+    reason = data_cache_missing()
+    if reason:
+        pytest.fail(f"the analysis facility reads through the real XCache, which cannot run here: {reason}")
     with released_after_last_use("shared_analysis_facility") as stack:
         fac = make_facility(tmp_path_factory.mktemp("analysis-facility") / "facility", admin_token,
-                            name="analysis", dask=True, mlflow=True, data_files=ANALYSIS_FILES,
+                            name="analysis", dask=True, mlflow=True, xcache=True, data_files=ANALYSIS_FILES,
                             data_events=ANALYSIS_EVENTS)
         yield stack.enter_context(fac)
 

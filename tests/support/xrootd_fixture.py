@@ -66,20 +66,24 @@ from pathlib import Path
 import pytest
 from facilities import make_facility
 from helpers import http_login
-from xrootd_tls import hashed_ca_dir, make_test_ca
 
 from casa_hub.common.files import token_file_name, write_private
+from casa_hub.demo.data_cache import (
+    BRIDGE,
+    SERVICE_USER,
+    SYSTEM_BUNDLE,
+    data_cache_missing,
+    ensure_service_user,
+)
 from casa_hub.demo.facility import HUB_CONFIG, DemoFacility
+from casa_hub.demo.tls import hashed_ca_dir, make_test_ca
 
-SERVICE_USER = "casa-xrootd"
 ISSUER_URL = "https://localhost/hub/casa-issuer"
 CACHE_AUDIENCE = "casa-demo-xcache"  # the demo's xcache grant
 ORIGIN_AUDIENCE = "casa-demo-origin"  # the cache's own grant for the origin (below)
 ORIGIN_PORT, CACHE_PORT, CACHE_HTTPS_PORT, ORIGIN_HTTPS_PORT = 1094, 1095, 8443, 8444  # inside the namespace
 #: the owners of /store/user/<name>/events.txt: names that are prefixes of each other (bob/bobby, ali/alice)
 DATA_OWNERS = ("alice", "bob", "bobby", "ali")
-BRIDGE = Path(__file__).with_name("xrootd_bridge.py")
-SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # The cache reaches the origin with its own token (README, "The cache's own credential"): the hub account
 # xcache-svc, the only member of the group xcache-service, receives the grant xcache-origin (6 h) and, for
@@ -198,13 +202,12 @@ class HubRelay:
 
 def xrootd_missing() -> str | None:
     """Why the real XRootD tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, a service user)"
-    for tool in ("xrootd", "xrdcp", "ip", "curl", "openssl", "useradd"):
+    reason = data_cache_missing()
+    if reason:
+        return reason
+    for tool in ("xrdcp", "curl", "useradd"):
         if not shutil.which(tool):
             return f"{tool} is not installed (scripts/install.sh test installs it)"
-    if not list(Path("/usr/lib").glob("*/libXrdAccSciTokens-5.so")):
-        return "xrootd-scitokens-plugins is not installed"
     return None
 
 
@@ -226,15 +229,6 @@ def broker_token(facility: DemoFacility, username: str, grant: str) -> Token:
 
 
 # ---- the site ---------------------------------------------------------------------------------------
-
-
-def ensure_service_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", SERVICE_USER], check=True, capture_output=True)
-        return pwd.getpwnam(SERVICE_USER)
 
 
 @dataclass

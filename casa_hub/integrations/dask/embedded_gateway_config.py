@@ -31,6 +31,7 @@ c.ClusterConfig.idle_timeout = float(settings["idle_timeout"])  # culls clusters
 c.ClusterConfig.cluster_max_workers = int(settings["max_workers"])
 c.ClusterConfig.worker_memory = "1 G"
 c.ClusterConfig.scheduler_memory = "1 G"
+c.ClusterConfig.environment = settings.get("environment", {})  # paths only (e.g. X509_CERT_DIR)
 
 
 def _per_cluster(options, user):  # noqa: ANN001, ANN202 - dask-gateway's handler signature

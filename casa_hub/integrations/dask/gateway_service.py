@@ -97,13 +97,15 @@ def add_embedded_gateway(
     idle_timeout: float = 1800,
     max_workers: int = 4,
     initial_workers: int = 1,
+    worker_environment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run Dask Gateway (local backend) as the managed JupyterHub service ``service_name`` and
     configure notebooks for it: each user's server starts with a cluster of ``initial_workers``.
 
     ``hub_url`` is the hub's public URL (notebooks reach the gateway through the hub's proxy at
     ``<hub_url>/services/<service_name>``). Writes the gateway's settings to
-    ``<state_dir>/dask-gateway/settings.json`` and returns them.
+    ``<state_dir>/dask-gateway/settings.json`` and returns them. ``worker_environment``: variables
+    every scheduler and worker gets (paths and settings only, never a credential), e.g. ``X509_CERT_DIR``.
     """
     from casa_hub.integrations.dask.integration import (
         DaskIntegration,  # the hub config imports this module
@@ -122,6 +124,7 @@ def add_embedded_gateway(
         "max_workers": int(max_workers),
         "max_worker_cores": os.cpu_count() or 1,
         "max_worker_memory_gib": 4,
+        "environment": dict(worker_environment or {}),
     }
     settings_file = home / "settings.json"
     settings_file.write_text(json.dumps(settings, indent=2))

@@ -1,5 +1,8 @@
-"""A throwaway test CA and a ``localhost`` server certificate for the XRootD tests (never trusted
-system-wide: see tests/xrootd_fixture.py)."""
+"""A throwaway CA and a ``localhost`` server certificate for the demo's data cache and the XRootD tests.
+
+The CA is never added to the machine's trust store: the XRootD servers see it in a private mount
+namespace, the facility's clients through ``X509_CERT_DIR`` / ``REQUESTS_CA_BUNDLE`` (see
+``casa_hub.demo.data_cache``). Its private key is never written."""
 
 from __future__ import annotations
 
@@ -22,16 +25,16 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
+def make_test_ca(directory: Path, days: int = 1) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for ``localhost`` (127.0.0.1, ::1).
 
     Returns (ca.pem, server.pem, server.key); the CA's private key is never written."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"casa-hub test CA {secrets.token_hex(4)}")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"casa-hub local CA {secrets.token_hex(4)}")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
           .sign(ca_key, hashes.SHA256()))
@@ -41,7 +44,7 @@ def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(san, critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))

@@ -1,12 +1,15 @@
 """Byte forwarders that let XRootD, inside a loopback-only network namespace, reach the hub's issuer.
 
-Two modes, each one process (started and stopped by tests/xrootd_fixture.py):
+Three modes, each one process (started and stopped by ``casa_hub.demo.data_cache`` and the XRootD
+test fixture):
 
 - ``unix-to-tcp``: in the root namespace, accept on a unix socket and connect to the hub's TCP port.
   Unix sockets are files, so a process in another network namespace can connect to them.
 - ``tls-to-unix``: inside the namespace, terminate TLS (a test CA's certificate for ``localhost``) on
   port 443 and forward the plain HTTP to the unix socket. The first line of each request (method and
   path, never headers) is logged, so tests can see what XRootD fetched.
+- ``tcp-to-unix``: listen on 127.0.0.1 (and ::1) and forward the bytes to the unix socket: how clients in
+  the root namespace reach a server inside the namespace (with ``unix-to-tcp`` running there).
 
 Once listening, the process writes its ``--ready-file``.
 """
@@ -59,6 +62,18 @@ async def unix_to_tcp(args: argparse.Namespace) -> None:
     await _serve(server, args.ready_file)
 
 
+async def tcp_to_unix(args: argparse.Namespace) -> None:
+    async def handle(reader, writer):
+        try:
+            up_r, up_w = await asyncio.open_unix_connection(args.unix)
+        except OSError:
+            writer.close()
+            return
+        await _join(reader, writer, up_r, up_w)
+
+    await _serve_loopback(handle, args, None)
+
+
 async def tls_to_unix(args: argparse.Namespace) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(args.cert, args.key)
@@ -78,6 +93,10 @@ async def tls_to_unix(args: argparse.Namespace) -> None:
             return
         await _join(reader, writer, up_r, up_w, first)
 
+    await _serve_loopback(handle, args, ctx)
+
+
+async def _serve_loopback(handle, args: argparse.Namespace, ctx: ssl.SSLContext | None) -> None:
     socks = []
     for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         try:
@@ -101,15 +120,15 @@ async def _serve(server, ready_file: str, *more) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["unix-to-tcp", "tls-to-unix"])
+    parser.add_argument("mode", choices=["unix-to-tcp", "tls-to-unix", "tcp-to-unix"])
     parser.add_argument("--unix", required=True, help="the unix socket")
     parser.add_argument("--tcp", help="unix-to-tcp: HOST:PORT to connect to")
-    parser.add_argument("--port", type=int, default=443, help="tls-to-unix: port to listen on")
+    parser.add_argument("--port", type=int, default=443, help="tls-to-unix, tcp-to-unix: port to listen on")
     parser.add_argument("--cert", help="tls-to-unix: PEM certificate chain")
     parser.add_argument("--key", help="tls-to-unix: PEM private key")
     parser.add_argument("--ready-file", required=True)
     args = parser.parse_args()
-    run = unix_to_tcp if args.mode == "unix-to-tcp" else tls_to_unix
+    run = {"unix-to-tcp": unix_to_tcp, "tls-to-unix": tls_to_unix, "tcp-to-unix": tcp_to_unix}[args.mode]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(args))
 

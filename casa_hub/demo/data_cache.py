@@ -1,0 +1,269 @@
+"""The demo's data cache: a real XRootD origin and an XCache in front of it, on this machine.
+
+What runs (each process started here, stopped by PID in :meth:`DemoDataCache.stop`):
+
+- inside a loopback-only network namespace (xrootd binds every interface, so it never listens on the
+  machine's own addresses): the **origin**, exporting the demo's storage namespace ``/store``
+  (``<state>/data/store``: the sample data set under ``/store/data/…``, each physicist's directory
+  under ``/store/user/<name>/``), and the **XCache**, which verifies each user's storage token itself
+  with XRootD's SciTokens plugin, configured by ``casa-hub site-config xrootd --prefix-safe`` from the
+  hub's own configuration. The origin is reachable only from inside the namespace, i.e. by the
+  cache, and serves it without a token (a site's origin would ask for the cache's own token: README,
+  "The cache's own credential");
+- byte relays (``casa_hub.demo.bridge``): clients on this machine read ``root://localhost:<cache_port>``,
+  relayed into the namespace; the hub's issuer is published as ``https://localhost:<issuer_port>/hub/casa-issuer``
+  in both namespaces (TLS ends at a relay with a certificate of the demo's own CA, the hub behind it),
+  so that XRootD fetches the hub's real discovery document and keys, as it would at a site.
+
+XRootD (scitokens-cpp) trusts only the system CA bundle: each xrootd runs in a private mount namespace
+in which the demo's CA is bind-mounted over it. The machine's trust store is never changed; clients
+get the CA through ``X509_CERT_DIR`` (XRootD) and ``REQUESTS_CA_BUNDLE`` (the MLflow server).
+xrootd refuses to run as root: the servers run as the system user ``casa-xrootd``
+(``scripts/install.sh`` creates it; so does :meth:`DemoDataCache.start` when it runs as root).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casa_hub.demo import bridge
+from casa_hub.demo.tls import hashed_ca_dir, make_test_ca
+
+SERVICE_USER = "casa-xrootd"
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+#: the audience of the physicists' storage grant in the demo (grant ``xcache``)
+CACHE_AUDIENCE = "casa-demo-xcache"
+ORIGIN_PORT, CACHE_PORT = 1094, 1095  # inside the namespace only
+BRIDGE = Path(bridge.__file__).resolve()
+
+
+class DataCacheError(RuntimeError):
+    """The data cache could not start; the message says why and where its logs are."""
+
+
+def data_cache_missing() -> str | None:
+    """Why the demo's data cache cannot run on this machine, or None."""
+    if os.geteuid() != 0:
+        return "it needs root (a network namespace and the service user casa-xrootd)"
+    for tool in ("xrootd", "ip", "openssl", "mount"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (scripts/install.sh installs it)"
+    if not list(Path("/usr/lib").glob("*/libXrdAccSciTokens-5.so")):
+        return "the XRootD SciTokens plugin (Debian: xrootd-scitokens-plugins) is not installed"
+    if not Path(SYSTEM_BUNDLE).exists():
+        return f"{SYSTEM_BUNDLE} is missing (Debian: ca-certificates)"
+    return None
+
+
+def ensure_service_user() -> pwd.struct_passwd:
+    """The system user the xrootd servers run as, created (no home, no shell) when missing."""
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", SERVICE_USER], check=True, capture_output=True)
+        return pwd.getpwnam(SERVICE_USER)
+
+
+def make_world_readable(root: Path) -> None:
+    """Directories 0755 and files 0644 below ``root``: what the servers' user must read."""
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+@dataclass
+class DemoDataCache:
+    """Origin + XCache for one demo facility; see the module docstring."""
+
+    #: a directory the servers' user can enter (0755): configuration, the CA, logs, the cache's space
+    run_dir: Path
+    #: the directory holding the namespace: ``<data_dir>/store/...``
+    data_dir: Path
+    hub_port: int
+    #: the hub's issuer is ``https://localhost:<issuer_port>/hub/casa-issuer`` (both namespaces)
+    issuer_port: int
+    #: clients read ``root://localhost:<cache_port>//store/...``
+    cache_port: int
+    #: ``casa-hub site-config xrootd ARGS`` on the facility's hub configuration, returning the result
+    site_config: Callable[[list[str]], subprocess.CompletedProcess]
+    #: hub users whose own directories (``/store/user/<name>``) the cache serves
+    users: list[str]
+    progress: Callable[[str], None] = print
+    netns: str = field(default_factory=lambda: f"casa-demo-{secrets.token_hex(4)}")
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"root://localhost:{self.cache_port}"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The demo CA as an OpenSSL hashed directory: the clients' ``X509_CERT_DIR``."""
+        return self.run_dir / "ca-dir"
+
+    @property
+    def ca_file(self) -> Path:
+        """The demo CA as a PEM file: ``REQUESTS_CA_BUNDLE`` of the hub's https clients."""
+        return self.run_dir / "tls" / "ca.pem"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def server_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def xrootd_log_path(self, name: str) -> Path:
+        # with -n NAME, xrootd writes -l DIR/FILE as DIR/NAME/FILE
+        return self.server_dir(name) / "log" / name / "xrootd.log"
+
+    def xrootd_log(self, name: str) -> str:
+        path = self.xrootd_log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- lifecycle
+    def start(self, timeout: float = 60.0) -> None:
+        user = ensure_service_user()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o755)
+        self.log_dir.mkdir(exist_ok=True)
+        tls = self.run_dir / "tls"
+        tls.mkdir(exist_ok=True)
+        _, cert, key = make_test_ca(tls, days=30)
+        hashed_ca_dir(self.ca_file, self.ca_dir)
+        server_key = tls / "xrootd.key"  # the servers' copy of the key, readable by their user only
+        shutil.copy(key, server_key)
+        os.chown(server_key, user.pw_uid, user.pw_gid)
+        os.chmod(server_key, 0o400)
+        self._write_configs(user, cert, server_key)
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
+        self._in_netns(["ip", "link", "set", "lo", "up"])
+
+        hub_sock, cache_sock = self.run_dir / "hub.sock", self.run_dir / "cache.sock"
+        relays = {
+            "hub-relay": ["unix-to-tcp", "--unix", str(hub_sock), "--tcp", f"127.0.0.1:{self.hub_port}"],
+            "issuer-tls": ["tls-to-unix", "--unix", str(hub_sock), "--port", str(self.issuer_port),
+                           "--cert", str(cert), "--key", str(key)],
+            "ns-issuer-tls": ["tls-to-unix", "--unix", str(hub_sock), "--port", str(self.issuer_port),
+                              "--cert", str(cert), "--key", str(key)],
+            "ns-cache-relay": ["unix-to-tcp", "--unix", str(cache_sock), "--tcp", f"127.0.0.1:{CACHE_PORT}"],
+            "cache-relay": ["tcp-to-unix", "--unix", str(cache_sock), "--port", str(self.cache_port)],
+        }
+        for name, args in relays.items():
+            ready = self.run_dir / f"{name}.ready"
+            cmd = [sys.executable, str(BRIDGE), *args, "--ready-file", str(ready)]
+            self._spawn(name, ["ip", "netns", "exec", self.netns, *cmd] if name.startswith("ns-") else cmd)
+            self._wait_file(name, ready, timeout)
+        for name in ("origin", "cache"):
+            self._spawn_xrootd(name)
+        for name in ("origin", "cache"):
+            self._wait_xrootd(name, timeout)
+
+    def stop(self) -> None:
+        """Stop every process started here (by PID), delete the namespace and the run directory."""
+        for name in reversed(list(self.procs)):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- setup
+    def _write_configs(self, user: pwd.struct_passwd, cert: Path, server_key: Path) -> None:
+        tls_lines = [f"xrd.tls {cert} {server_key}", f"xrd.tlsca certdir {self.ca_dir}", "xrootd.tls capable all"]
+        origin = [f"xrd.port {ORIGIN_PORT}", "all.export /store",
+                  f"oss.localroot {self.server_dir('origin') / 'data'}", *tls_lines]
+        casa = self.server_dir("cache") / "casa"
+        users = [a for name in self.users for a in ("--user", name)]
+        r = self.site_config(["--audience", CACHE_AUDIENCE, "--base-path", "/store", "--prefix-safe", *users,
+                              "--output-dir", str(casa)])
+        if r.returncode != 0:
+            raise DataCacheError(f"casa-hub site-config xrootd --prefix-safe failed: {r.stderr.strip()}")
+        cache = [f"xrd.port {CACHE_PORT}", "all.export /store", "ofs.osslib libXrdPss.so", "pss.cachelib libXrdPfc.so",
+                 f"pss.origin localhost:{ORIGIN_PORT}", f"oss.localroot {self.server_dir('cache') / 'data'}",
+                 "pfc.ram 1g", *tls_lines, "xrootd.seclib libXrdSec.so", "sec.protocol ztn",
+                 "ofs.authorize 1", f"continue {casa / 'xrootd-casa.cfg'}"]
+        for name, lines in (("origin", origin), ("cache", cache)):
+            d = self.server_dir(name)
+            for sub in ("data", "admin", "xdg-cache", "log"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / "xrootd.cfg").write_text("\n".join([*lines, f"all.adminpath {d / 'admin'}",
+                                                     f"all.pidpath {d / 'admin'}"]) + "\n")
+            for sub in ("admin", "xdg-cache", "log"):
+                os.chown(d / sub, user.pw_uid, user.pw_gid)
+        os.chown(self.server_dir("cache") / "data", user.pw_uid, user.pw_gid)
+        (self.server_dir("origin") / "data" / "store").mkdir(exist_ok=True)  # the namespace is mounted here
+        shutil.copy(self.ca_file, self.run_dir / "tls" / "trust-bundle.pem")
+        make_world_readable(self.data_dir / "store")
+        for p in (self.run_dir / "tls", self.ca_dir, *self.ca_dir.iterdir(), cert, self.ca_file,
+                  self.run_dir / "tls" / "trust-bundle.pem", casa, *casa.iterdir(),
+                  *(self.server_dir(n) / "xrootd.cfg" for n in ("origin", "cache"))):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, start_new_session=True)
+        log.close()
+
+    def _spawn_xrootd(self, name: str) -> None:
+        d = self.server_dir(name)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CACHE_HOME": str(d / "xdg-cache"),
+               "X509_CERT_DIR": str(self.ca_dir), "HOME": str(d)}
+        # a private mount namespace (ip netns exec makes one): the demo CA replaces the system bundle there
+        # only, and the origin sees the demo's namespace directory at its export
+        mounts = [(self.run_dir / "tls" / "trust-bundle.pem", Path(SYSTEM_BUNDLE))]
+        if name == "origin":
+            mounts.append((self.data_dir / "store", d / "data" / "store"))
+        script = " && ".join(f'mount --bind "${{{2 * i + 1}}}" "${{{2 * i + 2}}}"' for i in range(len(mounts)))
+        args = [str(p) for pair in mounts for p in pair]
+        script += f' && shift {len(args)} && exec "$@"'
+        self._spawn(name, ["ip", "netns", "exec", self.netns, "sh", "-c", script, "sh", *args, "xrootd", "-R",
+                           SERVICE_USER, "-n", name, "-c", str(d / "xrootd.cfg"), "-l", str(d / "log" / "xrootd.log")],
+                    env=env)
+
+    def _in_netns(self, cmd: list[str]) -> None:
+        subprocess.run(["ip", "netns", "exec", self.netns, *cmd], check=True, capture_output=True, timeout=30)
+
+    def _log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _wait_file(self, name: str, path: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.procs[name].poll() is not None:
+                raise DataCacheError(f"{name} exited ({self.procs[name].returncode}): {self._log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise DataCacheError(f"{name} did not start within {timeout:.0f} s: {self._log_tail(name)}")
+            time.sleep(0.05)
+
+    def _wait_xrootd(self, name: str, timeout: float) -> None:
+        log = self.xrootd_log_path(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if f"xrootd {name}@" in text and "initialization completed" in text.split(f"xrootd {name}@")[-1]:
+                return
+            if "initialization failed" in text or self.procs[name].poll() is not None:
+                tail = "\n".join(text.splitlines()[-25:])
+                raise DataCacheError(f"xrootd {name} failed to start:\n{self._log_tail(name)}\n{tail}")
+            if time.monotonic() > deadline:
+                raise DataCacheError(f"xrootd {name} did not start within {timeout:.0f} s (log: {log})")
+            time.sleep(0.05)
