@@ -14,16 +14,17 @@ quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 apt_packages=()
 python3 -m venv --help >/dev/null 2>&1 || apt_packages+=(python3-venv)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+# the data cache: a real XRootD origin + XCache with SciTokens authorization (casa_hub/demo/data_cache.py,
+# tests/support/xrootd_fixture.py), in a network namespace (iproute2), with the demo's own CA (openssl)
+[ -x /usr/bin/xrootd ] || apt_packages+=(xrootd-server)
+compgen -G '/usr/lib/*/libXrdAccSciTokens-5.so' >/dev/null || apt_packages+=(xrootd-scitokens-plugins)
+command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || apt_packages+=(ca-certificates)
 if [ "$mode" = test ]; then
   [ -x /usr/bin/chromium ] || apt_packages+=(chromium)
-  # real XRootD origin + XCache with SciTokens authorization (tests/xrootd_fixture.py)
-  [ -x /usr/bin/xrootd ] || apt_packages+=(xrootd-server)
-  compgen -G '/usr/lib/*/libXrdAccSciTokens-5.so' >/dev/null || apt_packages+=(xrootd-scitokens-plugins)
   [ -x /usr/bin/xrdcp ] || apt_packages+=(xrootd-client)
-  command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
-  command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
   command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
-  [ -f /etc/ssl/certs/ca-certificates.crt ] || apt_packages+=(ca-certificates)
   # real Slurm for the Dask batch tests (tests/slurm_fixture.py); sudo for dask-gateway's SlurmBackend
   [ -x /usr/sbin/slurmctld ] || apt_packages+=(slurmctld)
   [ -x /usr/sbin/slurmd ] || apt_packages+=(slurmd)
@@ -37,6 +38,13 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+# xrootd refuses to run as root: the data cache's servers run as this system user (no home, no shell)
+if ! getent passwd casa-xrootd >/dev/null; then
+  step "system user casa-xrootd (the XRootD servers of the data cache run as it)"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin casa-xrootd
 fi
 
 if [ ! -x .venv/bin/python ]; then
