@@ -23,7 +23,7 @@ import pytest
 import requests
 from facilities import stop_servers
 from helpers import admin_api, http_login, login_and_start_server, read_server_environ
-from shared_facilities import ANALYSIS_EVENTS, ANALYSIS_FILES
+from shared_facilities import ANALYSIS_EVENTS, ANALYSIS_FILES, ANALYSIS_TOKEN_LIFETIME
 
 from casa_hub.analysis.sample import SAMPLE_FILE
 from casa_hub.common.files import write_private
@@ -194,3 +194,61 @@ def test_each_user_reads_their_own_directory_and_the_data_set_but_not_another_us
     assert r.returncode == 0 and r.stdout == SAMPLE_FILE.read_bytes(), r.stderr[-500:]
     r = xrdcp(fac.data_cache, "not-a-token", own, tmp_path)
     assert r.returncode != 0 and r.stdout == b"", "no valid token, no data"
+
+
+#: one analysis that outlives alice's storage token: calibrated on a first run, then the data set many times over
+LONG_CODE = """
+import json, math, os, time
+import jwt
+from casa_hub.analysis import fileset, run
+from casa_hub.analysis.ttbar import Cuts
+from casa_hub.dask import get_client
+
+def claims():
+    return jwt.decode(open(os.environ["BEARER_TOKEN_FILE"]).read(), options={"verify_signature": False})
+
+def worker_jtis():
+    return sorted({(w.get("record") or {}).get("jti") for w in client.run(
+        lambda dask_worker: {"record": getattr(dask_worker, "casa_storage_token", None)}).values()} - {None})
+
+loose = Cuts(jet_pt=15, lepton_pt=10, btag=0.2, electron_id=0, muon_tight_id=False, muon_iso=1e9)
+client = get_client()
+files = fileset(["ttbar"])
+t0 = time.time()
+first = run(files, client=client, cuts=loose, chunksize=100)
+one = time.time() - t0
+token = claims()
+copies = math.ceil((token["exp"] - time.time() + 20) / max(one, 0.5))  # long enough to outlive this token
+big = {f"ttbar-{i}": files["ttbar"] for i in range(copies)}
+before = worker_jtis()
+started = time.time()
+result = run(big, client=client, cuts=loose, chunksize=100)
+ended = time.time()
+print("RESULT " + json.dumps({
+    "first_exp": token["exp"], "first_jti": token["jti"], "started": started, "ended": ended, "copies": copies,
+    "events": result["events"], "one_events": first["events"], "one_cutflow": first["cutflow"]["ttbar"],
+    "cutflows": [result["cutflow"][k] for k in big], "workers_before": before, "workers_after": worker_jtis(),
+    "notebook_jti_after": claims()["jti"],
+}))
+"""
+
+
+def test_an_analysis_longer_than_the_storage_token_lifetime_completes(fac, admin_token, tmp_path):
+    """One analysis runs past the expiry of the storage token it started with (lifetime
+    ``ANALYSIS_TOKEN_LIFETIME``): the notebook's agent renews the token, ``get_client()`` pushes it to the
+    workers, and every chunk read through the cache succeeds."""
+    user = login_and_start_server(fac.hub_url, admin_token, "alice", fac.password("alice"))
+    env = read_server_environ(user["servers"][""]["state"]["pid"])
+    run = subprocess.run([sys.executable, "-c", LONG_CODE], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert got["ended"] > got["first_exp"] + 5 and got["ended"] - got["started"] > 0, \
+        f"the analysis must outlive its first token: {got}"
+    assert got["first_exp"] - got["started"] <= ANALYSIS_TOKEN_LIFETIME
+    assert got["events"] == got["copies"] * got["one_events"] == got["copies"] * FILES * EVENTS, \
+        "every event of every copy was read through the cache"
+    assert all(c == got["one_cutflow"] for c in got["cutflows"]), "each copy gives the same cut flow"
+    assert got["notebook_jti_after"] != got["first_jti"], "the notebook's storage token was renewed"
+    assert got["workers_after"] and got["first_jti"] not in got["workers_after"], \
+        f"the workers hold the renewed token: {got['workers_before']} -> {got['workers_after']}"

@@ -39,7 +39,8 @@ hostile claims. Only alice signs in here before test_login_rejections.py, which 
 
 ``shared_analysis_facility`` ("analysis"): the demo facility with its Dask Gateway, its MLflow server, its data
 cache (real XRootD origin + XCache, ``casa_hub.demo.data_cache``) and the sample data set ttbar
-(``ANALYSIS_FILES`` x ``ANALYSIS_EVENTS``) read through it; alice's home holds the example notebook.
+(``ANALYSIS_FILES`` x ``ANALYSIS_EVENTS``) read through it; storage tokens of ``ANALYSIS_TOKEN_LIFETIME``
+seconds; alice's home holds the example notebook.
 
 - e2e/test_analysis_on_the_facility.py: the notebook's cells in alice's server environment; her newest run;
 - browser/test_browser_notebook.py: the notebook in JupyterLab; the run made after the test began (the
@@ -178,6 +179,11 @@ def shared_dask_facility(tmp_path_factory, admin_token) -> Iterator[TestFacility
 
 #: the analysis facility's sample data set: files x events per file
 ANALYSIS_FILES, ANALYSIS_EVENTS = 2, 400
+#: the analysis facility's storage tokens (grant xcache) live this long, so that an analysis outlives one
+ANALYSIS_TOKEN_LIFETIME = 60
+ANALYSIS_CONFIG = f"""
+c.CasaTokenIssuer.grants["xcache"]["lifetime"] = {ANALYSIS_TOKEN_LIFETIME}
+"""
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +195,7 @@ def shared_analysis_facility(tmp_path_factory, admin_token) -> Iterator[TestFaci
     with released_after_last_use("shared_analysis_facility") as stack:
         fac = make_facility(tmp_path_factory.mktemp("analysis-facility") / "facility", admin_token,
                             name="analysis", dask=True, mlflow=True, xcache=True, data_files=ANALYSIS_FILES,
-                            data_events=ANALYSIS_EVENTS)
+                            data_events=ANALYSIS_EVENTS, hub_configs=[ANALYSIS_CONFIG])
         yield stack.enter_context(fac)
 
 
