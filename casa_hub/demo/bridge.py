@@ -27,21 +27,30 @@ from pathlib import Path
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until end of stream, then half-close (the other direction may still carry an answer); on an
+    error close the writer at once."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+            return
     except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
         pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    with contextlib.suppress(Exception):
+        writer.close()
 
 
 async def _join(client_r, client_w, upstream_r, upstream_w, first: bytes = b"") -> None:
     if first:
         upstream_w.write(first)
-    await asyncio.gather(_pipe(client_r, upstream_w), _pipe(upstream_r, client_w))
+    try:
+        await asyncio.gather(_pipe(client_r, upstream_w), _pipe(upstream_r, client_w))
+    finally:
+        for w in (client_w, upstream_w):
+            with contextlib.suppress(Exception):
+                w.close()
 
 
 async def unix_to_tcp(args: argparse.Namespace) -> None:

@@ -131,6 +131,18 @@ class DemoDataCache:
         path = self.xrootd_log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def add_to_site(self, site: dict) -> None:
+        """What the demo's site file gains with the cache: its endpoint and CA for notebooks
+        (``integrations.xcache``), and the physicists' ``xcache`` grant also reads the sample data set
+        (``/store/data``). The cache authorises by user and group for its audience (``--prefix-safe``), so
+        the admins' ``operations`` grant (all of ``/store``) gets an audience of its own: an admin's
+        everyday storage token then reads only what a physicist's does."""
+        grants = site["tokens"]["grants"]
+        grants["xcache"]["scopes"] = [*grants["xcache"]["scopes"], "storage.read:/data"]
+        if "operations" in grants:
+            grants["operations"]["audience"] = "casa-demo-operations"
+        site.setdefault("integrations", {})["xcache"] = {"endpoint": self.url, "ca_dir": str(self.ca_dir)}
+
     # -- lifecycle
     def start(self, timeout: float = 60.0) -> None:
         user = ensure_service_user()
@@ -185,7 +197,9 @@ class DemoDataCache:
 
     # -- setup
     def _write_configs(self, user: pwd.struct_passwd, cert: Path, server_key: Path) -> None:
-        tls_lines = [f"xrd.tls {cert} {server_key}", f"xrd.tlsca certdir {self.ca_dir}", "xrootd.tls capable all"]
+        # TLS for the login, which carries the token (ztn needs it), not for the data: everything is on loopback,
+        # and on 2 cores encrypting every byte twice costs a quarter of the throughput (README, Benchmarks)
+        tls_lines = [f"xrd.tls {cert} {server_key}", f"xrd.tlsca certdir {self.ca_dir}", "xrootd.tls capable login"]
         origin = [f"xrd.port {ORIGIN_PORT}", "all.export /store",
                   f"oss.localroot {self.server_dir('origin') / 'data'}", *tls_lines]
         casa = self.server_dir("cache") / "casa"

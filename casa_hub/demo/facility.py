@@ -195,14 +195,7 @@ class DemoFacility:
         }
         site["integrations"] = {"xcache": {}}
         if self.data_cache is not None:
-            # the sample data set (/store/data/...) besides the user's own directory, through the cache
-            grant = site["tokens"]["grants"]["xcache"]
-            grant["scopes"] = [*grant["scopes"], "storage.read:/data"]
-            # the cache authorises by user and group for its audience (site-config --prefix-safe): the admins'
-            # operations grant (all of /store) gets an audience of its own, so that an admin's everyday
-            # storage token reads only what a physicist's does
-            site["tokens"]["grants"]["operations"]["audience"] = "casa-demo-operations"
-            site["integrations"]["xcache"] = {"endpoint": self.data_cache.url, "ca_dir": str(self.data_cache.ca_dir)}
+            self.data_cache.add_to_site(site)
         if self.mlflow_enabled:
             extra = mlflow_service.site_sections(self.mlflow_url)
             site["tokens"]["grants"].update(extra["tokens"]["grants"])
