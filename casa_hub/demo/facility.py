@@ -371,13 +371,7 @@ class DemoFacility:
         self.progress(f"[2/3] starting the demo identity provider at {self.idp_url}")
         self.start_idp(timeout)
         if self.data_cache is not None:
-            self.progress(f"      starting the data cache: XRootD origin and XCache at {self.data_cache.url}")
-            self.data_cache.users = [u["username"] for u in self.users() if "physicists" in u.get("groups", [])]
-            try:
-                self.data_cache.start(timeout)
-            except (DataCacheError, OSError, subprocess.SubprocessError) as e:
-                raise DemoError(f"the data cache did not start: {e}\n(logs in {self.data_cache.log_dir}; "
-                                "start the demo with --no-xcache to run without it)") from e
+            self.start_data_cache(timeout)
         if self.mlflow and not self.mlflow_enabled:
             self.progress("MLflow is not installed (pip install 'casa_hub[mlflow]'): running without the "
                           "tracking server; notebooks get no MLflow settings")
@@ -393,6 +387,22 @@ class DemoFacility:
         if self.mlflow_enabled:
             self._wait_for("mlflow", f"{self.mlflow_url}/health", lambda s: s == 200, 2 * timeout)
         self.progress(f"ready in {time.monotonic() - t0:.1f} s")
+
+    def start_data_cache(self, timeout: float = 60.0) -> None:
+        """Start the planned data cache, before the hub and the MLflow server. If it cannot start, say why,
+        prepare the state again without it (nothing that reads the site file runs yet) and go on."""
+        if self.data_cache is None:
+            return
+        self.progress(f"      starting the data cache: XRootD origin and XCache at {self.data_cache.url}")
+        self.data_cache.users = [u["username"] for u in self.users() if "physicists" in u.get("groups", [])]
+        try:
+            self.data_cache.start(timeout)
+        except (DataCacheError, OSError, subprocess.SubprocessError) as e:
+            self.data_cache.stop()
+            self.progress(f"      the data cache did not start, running without it (notebooks read the sample "
+                          f"data from local files): {e}")
+            self.xcache = False
+            self.prepare()
 
     @staticmethod
     def _base_env() -> dict[str, str]:

@@ -196,7 +196,10 @@ def shared_analysis_facility(tmp_path_factory, admin_token) -> Iterator[TestFaci
         fac = make_facility(tmp_path_factory.mktemp("analysis-facility") / "facility", admin_token,
                             name="analysis", dask=True, mlflow=True, xcache=True, data_files=ANALYSIS_FILES,
                             data_events=ANALYSIS_EVENTS, hub_configs=[ANALYSIS_CONFIG])
-        yield stack.enter_context(fac)
+        stack.enter_context(fac)
+        if fac.data_cache is None:
+            pytest.fail("the analysis facility runs without its data cache: see its progress lines above")
+        yield fac
 
 
 @pytest.fixture(scope="session")

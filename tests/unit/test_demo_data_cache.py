@@ -20,7 +20,7 @@ import pytest
 
 from casa_hub.common.ports import free_port
 from casa_hub.demo import facility as facility_module
-from casa_hub.demo.data_cache import BRIDGE
+from casa_hub.demo.data_cache import BRIDGE, DataCacheError
 from casa_hub.demo.facility import DemoError, DemoFacility
 
 
@@ -63,6 +63,27 @@ def test_without_xrootd_the_demo_says_so_and_reads_local_files(tmp_path, monkeyp
     site = json.loads((fac.state_dir / "site.json").read_text())
     assert site["integrations"]["xcache"] == {} and site["tokens"]["issuer_url"].startswith("http://127.0.0.1:")
     assert site["tokens"]["grants"]["xcache"]["scopes"] == ["storage.read:/user/{username}"]
+    assert json.loads((fac.state_dir / "settings.json").read_text())["data_cache"] is None
+
+
+def test_a_cache_that_cannot_start_leaves_a_facility_without_it(tmp_path, monkeypatch):
+    """XRootD installed but unable to start (e.g. no mount namespaces in a container): the demo says why and
+    runs on, its site file and issuer as without the cache, nothing of the cache left behind."""
+    fac = make(tmp_path, monkeypatch, None)
+    fac.prepare()
+    cache = fac.data_cache
+
+    def fail(timeout):
+        cache.run_dir.mkdir(parents=True)
+        raise DataCacheError("xrootd cache failed to start: cannot mount")
+
+    monkeypatch.setattr(cache, "start", fail)
+    fac.start_data_cache(5)
+    assert fac.data_cache is None and not cache.run_dir.exists()
+    assert any("the data cache did not start, running without it" in m and "cannot mount" in m
+               for m in fac.messages), fac.messages
+    site = json.loads((fac.state_dir / "site.json").read_text())
+    assert site["integrations"]["xcache"] == {} and site["tokens"]["issuer_url"].startswith("http://127.0.0.1:")
     assert json.loads((fac.state_dir / "settings.json").read_text())["data_cache"] is None
 
 
