@@ -28,26 +28,31 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from casa_hub.demo import bridge
 from casa_hub.demo.tls import hashed_ca_dir, make_test_ca
+from casa_hub.demo.xrootd_servers import (
+    SERVICE_USER,
+    SYSTEM_BUNDLE,
+    XRootDServers,
+    XRootDStartError,
+    ensure_service_user,
+)
 
-SERVICE_USER = "casa-xrootd"
-SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+__all__ = ["BRIDGE", "CACHE_AUDIENCE", "SERVICE_USER", "SYSTEM_BUNDLE", "DataCacheError", "DemoDataCache",
+           "data_cache_missing", "ensure_service_user", "make_world_readable"]
 #: the audience of the physicists' storage grant in the demo (grant ``xcache``)
 CACHE_AUDIENCE = "casa-demo-xcache"
 ORIGIN_PORT, CACHE_PORT = 1094, 1095  # inside the namespace only
 BRIDGE = Path(bridge.__file__).resolve()
 
 
-class DataCacheError(RuntimeError):
+class DataCacheError(XRootDStartError):
     """The data cache could not start; the message says why and where its logs are."""
 
 
@@ -65,16 +70,6 @@ def data_cache_missing() -> str | None:
     return None
 
 
-def ensure_service_user() -> pwd.struct_passwd:
-    """The system user the xrootd servers run as, created (no home, no shell) when missing."""
-    try:
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", SERVICE_USER], check=True, capture_output=True)
-        return pwd.getpwnam(SERVICE_USER)
-
-
 def make_world_readable(root: Path) -> None:
     """Directories 0755 and files 0644 below ``root``: what the servers' user must read."""
     for p in [root, *root.rglob("*")]:
@@ -82,8 +77,10 @@ def make_world_readable(root: Path) -> None:
 
 
 @dataclass
-class DemoDataCache:
+class DemoDataCache(XRootDServers):
     """Origin + XCache for one demo facility; see the module docstring."""
+
+    start_error = DataCacheError
 
     #: a directory the servers' user can enter (0755): configuration, the CA, logs, the cache's space
     run_dir: Path
@@ -115,21 +112,6 @@ class DemoDataCache:
     def ca_file(self) -> Path:
         """The demo CA as a PEM file: ``REQUESTS_CA_BUNDLE`` of the hub's https clients."""
         return self.run_dir / "tls" / "ca.pem"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.run_dir / "logs"
-
-    def server_dir(self, name: str) -> Path:
-        return self.run_dir / name
-
-    def xrootd_log_path(self, name: str) -> Path:
-        # with -n NAME, xrootd writes -l DIR/FILE as DIR/NAME/FILE
-        return self.server_dir(name) / "log" / name / "xrootd.log"
-
-    def xrootd_log(self, name: str) -> str:
-        path = self.xrootd_log_path(name)
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def add_to_site(self, site: dict) -> None:
         """What the demo's site file gains with the cache: its endpoint and CA for notebooks
@@ -177,23 +159,13 @@ class DemoDataCache:
             self._spawn(name, ["ip", "netns", "exec", self.netns, *cmd] if name.startswith("ns-") else cmd)
             self._wait_file(name, ready, timeout)
         for name in ("origin", "cache"):
-            self._spawn_xrootd(name)
+            self._spawn_cache_server(name)
         for name in ("origin", "cache"):
             self._wait_xrootd(name, timeout)
 
     def stop(self) -> None:
         """Stop every process started here (by PID), delete the namespace and the run directory."""
-        for name in reversed(list(self.procs)):
-            proc = self.procs.pop(name)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.stop_all()
 
     # -- setup
     def _write_configs(self, user: pwd.struct_passwd, cert: Path, server_key: Path) -> None:
@@ -222,62 +194,17 @@ class DemoDataCache:
                 os.chown(d / sub, user.pw_uid, user.pw_gid)
         os.chown(self.server_dir("cache") / "data", user.pw_uid, user.pw_gid)
         (self.server_dir("origin") / "data" / "store").mkdir(exist_ok=True)  # the namespace is mounted here
-        shutil.copy(self.ca_file, self.run_dir / "tls" / "trust-bundle.pem")
+        shutil.copy(self.ca_file, self.trust_bundle)
         make_world_readable(self.data_dir / "store")
         for p in (self.run_dir / "tls", self.ca_dir, *self.ca_dir.iterdir(), cert, self.ca_file,
-                  self.run_dir / "tls" / "trust-bundle.pem", casa, *casa.iterdir(),
+                  self.trust_bundle, casa, *casa.iterdir(),
                   *(self.server_dir(n) / "xrootd.cfg" for n in ("origin", "cache"))):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, start_new_session=True)
-        log.close()
-
-    def _spawn_xrootd(self, name: str) -> None:
-        d = self.server_dir(name)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CACHE_HOME": str(d / "xdg-cache"),
-               "X509_CERT_DIR": str(self.ca_dir), "HOME": str(d)}
-        # a private mount namespace (ip netns exec makes one): the demo CA replaces the system bundle there
-        # only, and the origin sees the demo's namespace directory at its export
-        mounts = [(self.run_dir / "tls" / "trust-bundle.pem", Path(SYSTEM_BUNDLE))]
-        if name == "origin":
-            mounts.append((self.data_dir / "store", d / "data" / "store"))
-        script = " && ".join(f'mount --bind "${{{2 * i + 1}}}" "${{{2 * i + 2}}}"' for i in range(len(mounts)))
-        args = [str(p) for pair in mounts for p in pair]
-        script += f' && shift {len(args)} && exec "$@"'
-        self._spawn(name, ["ip", "netns", "exec", self.netns, "sh", "-c", script, "sh", *args, "xrootd", "-R",
-                           SERVICE_USER, "-n", name, "-c", str(d / "xrootd.cfg"), "-l", str(d / "log" / "xrootd.log")],
-                    env=env)
+    def _spawn_cache_server(self, name: str) -> None:
+        # the origin sees the demo's namespace directory at its export
+        mounts = ((self.data_dir / "store", self.server_dir(name) / "data" / "store"),) if name == "origin" else ()
+        self._spawn_xrootd(name, mounts=mounts)
 
     def _in_netns(self, cmd: list[str]) -> None:
         subprocess.run(["ip", "netns", "exec", self.netns, *cmd], check=True, capture_output=True, timeout=30)
-
-    def _log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.log_dir / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _wait_file(self, name: str, path: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if self.procs[name].poll() is not None:
-                raise DataCacheError(f"{name} exited ({self.procs[name].returncode}): {self._log_tail(name)}")
-            if time.monotonic() > deadline:
-                raise DataCacheError(f"{name} did not start within {timeout:.0f} s: {self._log_tail(name)}")
-            time.sleep(0.05)
-
-    def _wait_xrootd(self, name: str, timeout: float) -> None:
-        log = self.xrootd_log_path(name)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            if f"xrootd {name}@" in text and "initialization completed" in text.split(f"xrootd {name}@")[-1]:
-                return
-            if "initialization failed" in text or self.procs[name].poll() is not None:
-                tail = "\n".join(text.splitlines()[-25:])
-                raise DataCacheError(f"xrootd {name} failed to start:\n{self._log_tail(name)}\n{tail}")
-            if time.monotonic() > deadline:
-                raise DataCacheError(f"xrootd {name} did not start within {timeout:.0f} s (log: {log})")
-            time.sleep(0.05)

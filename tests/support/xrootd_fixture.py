@@ -68,15 +68,15 @@ from facilities import make_facility
 from helpers import http_login
 
 from casa_hub.common.files import token_file_name, write_private
-from casa_hub.demo.data_cache import (
-    BRIDGE,
-    SERVICE_USER,
-    SYSTEM_BUNDLE,
-    data_cache_missing,
-    ensure_service_user,
-)
+from casa_hub.demo.data_cache import BRIDGE, data_cache_missing
 from casa_hub.demo.facility import HUB_CONFIG, DemoFacility
 from casa_hub.demo.tls import hashed_ca_dir, make_test_ca
+from casa_hub.demo.xrootd_servers import (
+    SERVICE_USER,
+    XRootDServers,
+    XRootDStartError,
+    ensure_service_user,
+)
 
 ISSUER_URL = "https://localhost/hub/casa-issuer"
 CACHE_AUDIENCE = "casa-demo-xcache"  # the demo's xcache grant
@@ -120,7 +120,7 @@ c.CasaTokenIssuer.grants.update({{
 """
 
 
-class XRootDSetupError(RuntimeError):
+class XRootDSetupError(XRootDStartError):
     """The XRootD test site could not be started; the message says what failed."""
 
 
@@ -242,8 +242,10 @@ class ClientResult:
 
 
 @dataclass(repr=False)
-class XRootDSite:
+class XRootDSite(XRootDServers):
     """The running origin and cache; see the module docstring."""
+
+    start_error = XRootDSetupError
 
     facility: DemoFacility
     run_dir: Path
@@ -265,13 +267,6 @@ class XRootDSite:
         return f"XRootDSite(netns={self.netns!r}, run_dir={str(self.run_dir)!r})"
 
     # -- paths
-    @property
-    def log_dir(self) -> Path:
-        return self.run_dir / "logs"
-
-    def server_dir(self, name: str) -> Path:
-        return self.run_dir / name
-
     def casa_dir(self, name: str) -> Path:
         """Where ``site-config xrootd --prefix-safe`` writes the server's files."""
         return self.server_dir(name) / "casa"
@@ -332,13 +327,7 @@ class XRootDSite:
 
     def stop_server(self, name: str) -> None:
         """Stop one xrootd ("origin" or "cache") by PID, as a crash or an operator would."""
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.stop_process(name)
 
     def start_server(self, name: str, timeout: float = 60.0) -> None:
         """Start a stopped xrootd again with the same configuration, data and key cache."""
@@ -354,17 +343,8 @@ class XRootDSite:
     def stop(self) -> None:
         """Stop every process this site started (by PID), delete the namespace and the run directory."""
         for name in ("renewer", "cache", "origin", "forwarder", "bridge"):
-            proc = self.procs.pop(name, None)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.stop_process(name)
+        self.stop_all()
 
     # -- setup helpers
     def _make_data(self, user: pwd.struct_passwd) -> None:
@@ -435,7 +415,6 @@ class XRootDSite:
                 raise XRootDSetupError(f"casa-hub renew-tokens --once failed ({r.returncode}): {r.stdout} "
                                        f"{self.log_tail('renewer')}")
         # the trust bundle the xrootd processes see instead of the system one: the test CA only
-        self.trust_bundle = self.run_dir / "tls" / "trust-bundle.pem"
         shutil.copy(self.ca_pem, self.trust_bundle)
         casa = [p for n in ("origin", "cache") if self.casa_dir(n).exists()
                 for p in (self.casa_dir(n), *self.casa_dir(n).iterdir())]
@@ -469,25 +448,10 @@ class XRootDSite:
         for p in [root, *root.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def _spawn_xrootd(self, name: str) -> None:
-        d = self.server_dir(name)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CACHE_HOME": str(d / "xdg-cache"),
-               "X509_CERT_DIR": str(self.ca_dir), "HOME": str(d)}
-        if name == "cache":
-            env["BEARER_TOKEN_FILE"] = str(self.cache_token_file)
-        # a private mount namespace (ip netns exec makes one): the test CA replaces the CA bundle there only
-        script = 'mount --bind "$0" "$1" && shift && exec "$@"'
-        self._spawn(name, ["ip", "netns", "exec", self.netns, "sh", "-c", script, str(self.trust_bundle),
-                           SYSTEM_BUNDLE, "xrootd", "-R", SERVICE_USER, "-n", name, "-c", str(d / "xrootd.cfg"),
-                           "-l", str(d / "log" / "xrootd.log")], env=env)
+    def _spawn_xrootd(self, name: str, env: dict[str, str] | None = None, mounts: tuple = ()) -> None:
+        # the cache reads its misses from the origin with its own token
+        own = {"BEARER_TOKEN_FILE": str(self.cache_token_file)} if name == "cache" else {}
+        super()._spawn_xrootd(name, env={**own, **(env or {})}, mounts=mounts)
 
     # -- the cache's renewer: `casa-hub renew-tokens` as the service user, beside the cache
     def renewer_command(self, *args: str) -> list[str]:
@@ -553,43 +517,6 @@ class XRootDSite:
 
     def in_cache(self, path: str) -> bool:
         return (self.server_dir("cache") / "data" / path.lstrip("/")).exists()
-
-    def _wait_file(self, name: str, path: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if self.procs[name].poll() is not None:
-                raise XRootDSetupError(f"{name} exited ({self.procs[name].returncode}): {self.log_tail(name)}")
-            if time.monotonic() > deadline:
-                raise XRootDSetupError(f"{name} did not start within {timeout:.0f} s: {self.log_tail(name)}")
-            time.sleep(0.05)
-
-    def _wait_xrootd(self, name: str, timeout: float, since: int = 0) -> None:
-        """Wait for "initialization completed" in the log after byte ``since`` (a restart appends)."""
-        log = self.xrootd_log_path(name)
-        deadline = time.monotonic() + timeout
-        while True:
-            raw = log.read_bytes() if log.exists() else b""
-            text = raw[since if len(raw) >= since else 0:].decode(errors="replace")
-            if "initialization completed" in text:
-                return
-            if "initialization failed" in text or self.procs[name].poll() is not None:
-                raise XRootDSetupError(f"xrootd {name} failed to start:\n{self.log_tail(name)}\n"
-                                       f"{chr(10).join(text.splitlines()[-25:])}")
-            if time.monotonic() > deadline:
-                raise XRootDSetupError(f"xrootd {name} did not start within {timeout:.0f} s")
-            time.sleep(0.05)
-
-    def xrootd_log_path(self, name: str) -> Path:
-        # with -n NAME, xrootd writes -l DIR/FILE as DIR/NAME/FILE
-        return self.server_dir(name) / "log" / name / "xrootd.log"
-
-    def xrootd_log(self, name: str) -> str:
-        path = self.xrootd_log_path(name)
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def _run_in_netns(self, cmd: list[str], env: dict[str, str] | None = None, check: bool = False,
                       timeout: float = 60) -> subprocess.CompletedProcess:
