@@ -29,19 +29,19 @@ import pwd
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casa_hub.demo import bridge
 from casa_hub.demo.tls import hashed_ca_dir, make_test_ca
 from casa_hub.demo.xrootd_servers import (
+    BRIDGE,
     SERVICE_USER,
     SYSTEM_BUNDLE,
     XRootDServers,
     XRootDStartError,
     ensure_service_user,
+    make_world_readable,
 )
 
 __all__ = ["BRIDGE", "CACHE_AUDIENCE", "SERVICE_USER", "SYSTEM_BUNDLE", "DataCacheError", "DemoDataCache",
@@ -49,7 +49,6 @@ __all__ = ["BRIDGE", "CACHE_AUDIENCE", "SERVICE_USER", "SYSTEM_BUNDLE", "DataCac
 #: the audience of the physicists' storage grant in the demo (grant ``xcache``)
 CACHE_AUDIENCE = "casa-demo-xcache"
 ORIGIN_PORT, CACHE_PORT = 1094, 1095  # inside the namespace only
-BRIDGE = Path(bridge.__file__).resolve()
 
 
 class DataCacheError(XRootDStartError):
@@ -68,12 +67,6 @@ def data_cache_missing() -> str | None:
     if not Path(SYSTEM_BUNDLE).exists():
         return f"{SYSTEM_BUNDLE} is missing (Debian: ca-certificates)"
     return None
-
-
-def make_world_readable(root: Path) -> None:
-    """Directories 0755 and files 0644 below ``root``: what the servers' user must read."""
-    for p in [root, *root.rglob("*")]:
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
 @dataclass
@@ -95,7 +88,6 @@ class DemoDataCache(XRootDServers):
     site_config: Callable[[list[str]], subprocess.CompletedProcess]
     #: hub users whose own directories (``/store/user/<name>``) the cache serves
     users: list[str]
-    progress: Callable[[str], None] = print
     netns: str = field(default_factory=lambda: f"casa-demo-{secrets.token_hex(4)}")
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -140,24 +132,19 @@ class DemoDataCache(XRootDServers):
         os.chown(server_key, user.pw_uid, user.pw_gid)
         os.chmod(server_key, 0o400)
         self._write_configs(user, cert, server_key)
-        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
-        self._in_netns(["ip", "link", "set", "lo", "up"])
+        self._create_netns()
 
         hub_sock, cache_sock = self.run_dir / "hub.sock", self.run_dir / "cache.sock"
-        relays = {
-            "hub-relay": ["unix-to-tcp", "--unix", str(hub_sock), "--tcp", f"127.0.0.1:{self.hub_port}"],
-            "issuer-tls": ["tls-to-unix", "--unix", str(hub_sock), "--port", str(self.issuer_port),
-                           "--cert", str(cert), "--key", str(key)],
-            "ns-issuer-tls": ["tls-to-unix", "--unix", str(hub_sock), "--port", str(self.issuer_port),
-                              "--cert", str(cert), "--key", str(key)],
-            "ns-cache-relay": ["unix-to-tcp", "--unix", str(cache_sock), "--tcp", f"127.0.0.1:{CACHE_PORT}"],
-            "cache-relay": ["tcp-to-unix", "--unix", str(cache_sock), "--port", str(self.cache_port)],
-        }
-        for name, args in relays.items():
-            ready = self.run_dir / f"{name}.ready"
-            cmd = [sys.executable, str(BRIDGE), *args, "--ready-file", str(ready)]
-            self._spawn(name, ["ip", "netns", "exec", self.netns, *cmd] if name.startswith("ns-") else cmd)
-            self._wait_file(name, ready, timeout)
+        issuer_tls = ["tls-to-unix", "--unix", str(hub_sock), "--port", str(self.issuer_port), "--cert", str(cert),
+                      "--key", str(key)]
+        self._start_relay("hub-relay", ["unix-to-tcp", "--unix", str(hub_sock), "--tcp",
+                                        f"127.0.0.1:{self.hub_port}"], timeout)
+        self._start_relay("issuer-tls", issuer_tls, timeout)
+        self._start_relay("ns-issuer-tls", issuer_tls, timeout, in_netns=True)
+        self._start_relay("ns-cache-relay", ["unix-to-tcp", "--unix", str(cache_sock), "--tcp",
+                                             f"127.0.0.1:{CACHE_PORT}"], timeout, in_netns=True)
+        self._start_relay("cache-relay", ["tcp-to-unix", "--unix", str(cache_sock), "--port", str(self.cache_port)],
+                          timeout)
         for name in ("origin", "cache"):
             self._spawn_cache_server(name)
         for name in ("origin", "cache"):
@@ -205,6 +192,3 @@ class DemoDataCache(XRootDServers):
         # the origin sees the demo's namespace directory at its export
         mounts = ((self.data_dir / "store", self.server_dir(name) / "data" / "store"),) if name == "origin" else ()
         self._spawn_xrootd(name, mounts=mounts)
-
-    def _in_netns(self, cmd: list[str]) -> None:
-        subprocess.run(["ip", "netns", "exec", self.netns, *cmd], check=True, capture_output=True, timeout=30)

@@ -35,7 +35,12 @@ from casa_hub.analysis.sample import SAMPLE_FILE
 from casa_hub.common.files import write_private
 from casa_hub.common.ports import free_port, port_is_free
 from casa_hub.demo import mlflow_service
-from casa_hub.demo.data_cache import DataCacheError, DemoDataCache, data_cache_missing
+from casa_hub.demo.data_cache import (
+    CACHE_AUDIENCE,
+    DataCacheError,
+    DemoDataCache,
+    data_cache_missing,
+)
 
 HERE = Path(__file__).resolve().parent
 PROVIDER_SCRIPT = HERE / "oidc_provider.mjs"
@@ -180,13 +185,13 @@ class DemoFacility:
                 "key_dir": str(self.state_dir / "issuer-keys"),
                 "generate_key_if_missing": "ES256",
                 "grants": {
-                    "xcache": {"audience": "casa-demo-xcache", "scopes": ["storage.read:/user/{username}"],
+                    "xcache": {"audience": CACHE_AUDIENCE, "scopes": ["storage.read:/user/{username}"],
                                "lifetime": 20 * 60, "groups": ["physicists"]},
                     "htcondor": {"audience": "casa-demo-htcondor",
                                  "scopes": ["compute.read", "compute.create", "compute.modify", "compute.cancel"],
                                  "groups": ["physicists"]},
                     # facility admins may read the whole cache namespace
-                    "operations": {"audience": "casa-demo-xcache", "scopes": ["storage.read:/"],
+                    "operations": {"audience": CACHE_AUDIENCE, "scopes": ["storage.read:/"],
                                    "lifetime": 10 * 60, "groups": ["facility-admins"]},
                 },
                 "broker_rate_per_minute": 30,
@@ -300,7 +305,7 @@ class DemoFacility:
         run_dir = Path(tempfile.gettempdir()) / f"casa-demo-xrootd-{secrets.token_hex(4)}"
         self.data_cache = DemoDataCache(run_dir=run_dir, data_dir=self.state_dir / "data", hub_port=self.hub_port,
                                         issuer_port=free_port(), cache_port=free_port(), site_config=self._site_config,
-                                        users=[], progress=self.progress)
+                                        users=[])
 
     def _site_config(self, args: list[str]) -> subprocess.CompletedProcess:
         """``casa-hub site-config xrootd ARGS`` on the demo's hub configuration, as an admin runs it."""

@@ -15,11 +15,16 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+from casa_hub.demo import bridge
+
 SERVICE_USER = "casa-xrootd"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+#: the byte relays' script (``casa_hub/demo/bridge.py``), run as a process per relay
+BRIDGE = Path(bridge.__file__).resolve()
 
 
 class XRootDStartError(RuntimeError):
@@ -34,6 +39,12 @@ def ensure_service_user() -> pwd.struct_passwd:
         subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
                         "--shell", "/usr/sbin/nologin", SERVICE_USER], check=True, capture_output=True)
         return pwd.getpwnam(SERVICE_USER)
+
+
+def make_world_readable(root: Path) -> None:
+    """Directories 0755 and files 0644 below ``root``: what the servers' user must read."""
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
 class XRootDServers:
@@ -78,6 +89,23 @@ class XRootDServers:
         log.close()
         self.procs[name] = proc
         return proc
+
+    def _run_in_netns(self, cmd: list[str], env: dict[str, str] | None = None, check: bool = False,
+                      timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *cmd], env=env, capture_output=True,
+                              check=check, timeout=timeout)
+
+    def _create_netns(self) -> None:
+        """The namespace, with only loopback, up."""
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
+        self._run_in_netns(["ip", "link", "set", "lo", "up"], check=True)
+
+    def _start_relay(self, name: str, args: list[str], timeout: float, in_netns: bool = False) -> None:
+        """Start ``casa_hub/demo/bridge.py ARGS`` (in the namespace with ``in_netns``) and wait until it listens."""
+        ready = self.run_dir / f"{name}.ready"
+        cmd = [sys.executable, str(BRIDGE), *args, "--ready-file", str(ready)]
+        self._spawn(name, ["ip", "netns", "exec", self.netns, *cmd] if in_netns else cmd)
+        self._wait_file(name, ready, timeout)
 
     def _spawn_xrootd(self, name: str, env: dict[str, str] | None = None,
                       mounts: tuple[tuple[Path, Path], ...] = ()) -> None:

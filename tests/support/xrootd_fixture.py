@@ -68,7 +68,7 @@ from facilities import make_facility
 from helpers import http_login
 
 from casa_hub.common.files import token_file_name, write_private
-from casa_hub.demo.data_cache import BRIDGE, data_cache_missing
+from casa_hub.demo.data_cache import CACHE_AUDIENCE, data_cache_missing
 from casa_hub.demo.facility import HUB_CONFIG, DemoFacility
 from casa_hub.demo.tls import hashed_ca_dir, make_test_ca
 from casa_hub.demo.xrootd_servers import (
@@ -76,10 +76,10 @@ from casa_hub.demo.xrootd_servers import (
     XRootDServers,
     XRootDStartError,
     ensure_service_user,
+    make_world_readable,
 )
 
 ISSUER_URL = "https://localhost/hub/casa-issuer"
-CACHE_AUDIENCE = "casa-demo-xcache"  # the demo's xcache grant
 ORIGIN_AUDIENCE = "casa-demo-origin"  # the cache's own grant for the origin (below)
 ORIGIN_PORT, CACHE_PORT, CACHE_HTTPS_PORT, ORIGIN_HTTPS_PORT = 1094, 1095, 8443, 8444  # inside the namespace
 #: the owners of /store/user/<name>/events.txt: names that are prefixes of each other (bob/bobby, ali/alice)
@@ -307,18 +307,13 @@ class XRootDSite(XRootDServers):
         self.cert = cert
         self._make_data(user)
         self._write_configs(user)
-        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
-        self._run_in_netns(["ip", "link", "set", "lo", "up"], check=True)
+        self._create_netns()
 
         sock = self.run_dir / "hub.sock"
-        self._spawn("bridge", [sys.executable, str(BRIDGE), "unix-to-tcp", "--unix", str(sock),
-                               "--tcp", f"127.0.0.1:{self.facility.hub_port}",
-                               "--ready-file", str(self.run_dir / "bridge.ready")])
-        self._wait_file("bridge", self.run_dir / "bridge.ready", timeout)
-        self._spawn("forwarder", ["ip", "netns", "exec", self.netns, sys.executable, str(BRIDGE),
-                                  "tls-to-unix", "--unix", str(sock), "--port", "443", "--cert", str(cert),
-                                  "--key", str(key), "--ready-file", str(self.run_dir / "forwarder.ready")])
-        self._wait_file("forwarder", self.run_dir / "forwarder.ready", timeout)
+        self._start_relay("bridge", ["unix-to-tcp", "--unix", str(sock), "--tcp",
+                                     f"127.0.0.1:{self.facility.hub_port}"], timeout)
+        self._start_relay("forwarder", ["tls-to-unix", "--unix", str(sock), "--port", "443", "--cert", str(cert),
+                                        "--key", str(key)], timeout, in_netns=True)
         for name in ("origin", "cache"):
             self._spawn_xrootd(name)
         for name in ("origin", "cache"):
@@ -355,7 +350,7 @@ class XRootDSite(XRootDServers):
             content = f"{owner}'s event data {secrets.token_hex(16)}\n".encode()
             (d / "events.txt").write_bytes(content)
             self.files[f"/store/user/{owner}/events.txt"] = content
-        self._make_readable(data)
+        make_world_readable(data)
 
     def _write_configs(self, user: pwd.struct_passwd) -> None:
         common = [
@@ -443,11 +438,6 @@ class XRootDSite(XRootDServers):
         if r.returncode != 0:
             raise XRootDSetupError(f"casa-hub site-config xrootd --prefix-safe failed: {r.stderr.strip()}")
 
-    @staticmethod
-    def _make_readable(root: Path) -> None:
-        for p in [root, *root.rglob("*")]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-
     def _spawn_xrootd(self, name: str, env: dict[str, str] | None = None, mounts: tuple = ()) -> None:
         # the cache reads its misses from the origin with its own token
         own = {"BEARER_TOKEN_FILE": str(self.cache_token_file)} if name == "cache" else {}
@@ -517,11 +507,6 @@ class XRootDSite(XRootDServers):
 
     def in_cache(self, path: str) -> bool:
         return (self.server_dir("cache") / "data" / path.lstrip("/")).exists()
-
-    def _run_in_netns(self, cmd: list[str], env: dict[str, str] | None = None, check: bool = False,
-                      timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.netns, *cmd], env=env, capture_output=True,
-                              check=check, timeout=timeout)
 
     # -- clients (run inside the namespace; the token goes through a 0600 file, never argv)
     def _client_env(self, scratch: Path, token_file: Path | None) -> dict[str, str]:
