@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 import facilities
+import parallel
 import pytest
 from dask_gateways import job_user  # noqa: F401 - the Unix account of the Slurm gateway's jobs
 from facilities import TestFacility, make_facility
@@ -37,6 +38,7 @@ ARTIFACTS = Path(os.environ.get("CASA_TEST_ARTIFACTS", Path(__file__).parent.par
 def pytest_configure(config):
     # the facility factory's own hook prints the number of facility start-ups at the end of the run
     config.pluginmanager.register(facilities, "casa-facilities")
+    parallel.configure(config)
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +63,23 @@ def facility(tmp_path_factory, admin_token) -> TestFacility:
 LAYERS = ["unit", "hub", "deploy", "e2e", "site", "browser"]
 
 
+def _layer(item) -> str:
+    parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+    return parts[0] if parts[0] in LAYERS else "other"
+
+
 def pytest_collection_modifyitems(config, items):
     # fast layers first, browser tests last: failures show up early
-    def layer(item) -> int:
-        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
-        return LAYERS.index(parts[0]) if parts[0] in LAYERS else len(LAYERS)
+    items.sort(key=lambda item: LAYERS.index(_layer(item)) if _layer(item) in LAYERS else len(LAYERS))
+    if parallel.in_parallel_run(config):  # in parallel: groups that share what they must, longest first
+        items[:] = parallel.assign_groups(items, _layer)
 
-    items.sort(key=layer)
+
+@pytest.hookimpl(tryfirst=True)  # before the worker tells the controller it has collected
+def pytest_collection_finish(session):
+    parallel.publish_groups(session)  # a worker of a parallel run: each test's group, for the scheduler
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    return parallel.make_scheduler(config, log)

@@ -4,6 +4,8 @@
 from that range (``bind(0)``) can be given to any outgoing connection between the moment it is chosen and
 the moment a slow-starting server binds it ("address already in use"). Below the range, only another
 server choosing the same port can take it, and this process never hands out the same port twice.
+Processes that choose ports side by side (parallel test workers) each narrow the range to a slice of
+their own with ``narrow_range``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 LOWEST = 20000
 _given: set[int] = set()
 _lock = threading.Lock()
+#: the range this process hands out ports from (``narrow_range``), else None: ``default_range()``
+_narrowed: tuple[int, int] | None = None
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -39,10 +43,25 @@ def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range"))
     return low, high
 
 
+def default_range() -> tuple[int, int]:
+    """The ports ``free_port`` chooses from, ``[low, high)``: from ``LOWEST`` to the ephemeral range, or
+    above it when it starts lower."""
+    low, high = ephemeral_range()
+    return (LOWEST, low) if low > LOWEST else (high + 1, 65536)
+
+
+def narrow_range(low: int, high: int) -> None:
+    """From now on hand out only ports in ``[low, high)``: a slice of ``default_range()`` that no other
+    port-choosing process uses."""
+    global _narrowed
+    if not 0 < low < high <= 65536:
+        raise ValueError(f"not a port range: [{low}, {high})")
+    _narrowed = (low, high)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` that was free a moment ago, outside the ephemeral range when there is room."""
-    low, high = ephemeral_range()
-    candidates = range(LOWEST, low) if low > LOWEST else range(high + 1, 65536)
+    candidates = range(*(_narrowed or default_range()))
     with _lock:
         for _ in range(200 if len(candidates) >= 1000 else 0):
             port = random.choice(candidates)

@@ -302,8 +302,9 @@ class DemoFacility:
         if self.issuer_url_override:
             raise DemoError("the demo's data cache verifies tokens of the demo's own issuer: "
                             "do not set issuer_url_override with xcache")
-        run_dir = Path(tempfile.gettempdir()) / f"casa-demo-xrootd-{secrets.token_hex(4)}"
-        self.data_cache = DemoDataCache(run_dir=run_dir, data_dir=self.state_dir / "data", hub_port=self.hub_port,
+        tag = secrets.token_hex(4)  # the run directory and the namespace carry the same tag
+        self.data_cache = DemoDataCache(run_dir=Path(tempfile.gettempdir()) / f"casa-demo-xrootd-{tag}",
+                                        netns=f"casa-demo-{tag}", data_dir=self.state_dir / "data", hub_port=self.hub_port,
                                         issuer_port=free_port(), cache_port=free_port(), site_config=self._site_config,
                                         users=[])
 

@@ -77,6 +77,7 @@ def mlflow_headers(fac) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow(45)
 @pytest.mark.timeout(600)  # the facility, JupyterLab, a kernel, the cluster and the analysis
 def test_alice_runs_the_example_notebook_and_her_run_is_in_mlflow(page, fac, artifacts_dir):  # noqa: F811
     began_ms = int(time.time() * 1000)  # the facility is shared: alice's runs from before are not this test's

@@ -31,6 +31,10 @@ from casa_hub.common.files import write_private
 pytest.importorskip("coffea")
 pytest.importorskip("dask_gateway_server")
 
+# its subject is the analysis stack on the facility; the hub's part (sign-in, spawn, broker) is in the modules
+# the JupyterHub 5 run repeats
+pytestmark = pytest.mark.one_hub_version
+
 FILES, EVENTS = ANALYSIS_FILES, ANALYSIS_EVENTS
 #: the notebook's cells, as a physicist runs them (examples/ttbar_analysis.ipynb), then a summary line
 NOTEBOOK_CODE = """
@@ -214,11 +218,13 @@ def worker_jtis():
 loose = Cuts(jet_pt=15, lepton_pt=10, btag=0.2, electron_id=0, muon_tight_id=False, muon_iso=1e9)
 client = get_client()
 files = fileset(["ttbar"])
+first = run(files, client=client, cuts=loose, chunksize=100)  # cold: the cache fetches the files
 t0 = time.time()
-first = run(files, client=client, cuts=loose, chunksize=100)
+run(files, client=client, cuts=loose, chunksize=100)  # warm, as every copy below is: the time of one copy
 one = time.time() - t0
 token = claims()
-copies = math.ceil((token["exp"] - time.time() + 20) / max(one, 0.5))  # long enough to outlive this token
+# long enough to outlive this token by ~30 s at this pace (the test needs 5 s: room for a faster machine)
+copies = math.ceil((token["exp"] - time.time() + 30) / max(one, 0.5))
 big = {f"ttbar-{i}": files["ttbar"] for i in range(copies)}
 before = worker_jtis()
 started = time.time()
@@ -233,6 +239,7 @@ print("RESULT " + json.dumps({
 """
 
 
+@pytest.mark.slow(70)  # longer than a 60 s token
 def test_an_analysis_longer_than_the_storage_token_lifetime_completes(fac, admin_token, tmp_path):
     """One analysis runs past the expiry of the storage token it started with (lifetime
     ``ANALYSIS_TOKEN_LIFETIME``): the notebook's agent renews the token, ``get_client()`` pushes it to the

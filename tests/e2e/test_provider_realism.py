@@ -110,6 +110,7 @@ def meta(fac, admin_token: str, name: str) -> dict:
     return admin_api(fac.hub_url, admin_token, f"/users/{name}").json()["auth_state"]["casa_oidc"]
 
 
+@pytest.mark.slow(35)
 def test_a_provider_outage_longer_than_the_access_token_keeps_sessions_and_tokens(fac, admin_token):
     s, r = http_login(fac.hub_url, "bob", fac.password("bob"))
     assert r.status_code == 200

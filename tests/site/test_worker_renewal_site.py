@@ -46,7 +46,7 @@ from xrootd_fixture import (
 from casa_hub.common.files import token_file_name, write_private
 from casa_hub.tokens.renewal.agent import CasaTokenRenewal
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.run_apart]  # each backend may run in its own worker
 
 DRIVER = Path(__file__).resolve().parents[1] / "support" / "worker_renewal_driver.py"
 ALICE_FILE = "/store/user/alice/events.txt"
@@ -121,7 +121,8 @@ def wait_record(path: Path, predicate, timeout: float, what: str, proc: subproce
 
 
 @pytest.mark.timeout(600)  # three 40 s lifetimes, an outage and the start of the cluster
-@pytest.mark.parametrize("backend", ["local", "slurm"])
+@pytest.mark.slow(185)  # three 40 s lifetimes and an outage
+@pytest.mark.parametrize("backend", ["local", pytest.param("slurm", marks=pytest.mark.shares("job_user"))])
 def test_workers_keep_reading_for_three_lifetimes_and_through_an_outage(
         backend, request, xrootd_facility, xrootd_site, slurm_site, notebook_token, tmp_path):
     fac = xrootd_facility

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import parallel
 import pytest
 from helpers import admin_api
 
@@ -123,6 +124,15 @@ def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
                 _LAST_USER[name] = last_of_module[test.path]
     for name in reversed([n for n in _RELEASE if _LAST_USER.get(n) is item]):  # the last set up first
         _RELEASE.pop(name)()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    parallel.record_starts(session.config, STARTS)  # a worker of a parallel run: tell the controller
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    parallel.collect_starts(node, STARTS)  # the controller of a parallel run: a worker's start-ups
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -176,6 +176,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if config.option.collectonly or exitstatus == pytest.ExitCode.INTERRUPTED:
         return
+    if hasattr(config, "workerinput"):  # a worker of a parallel run: the controller scans every worker's files
+        return
     basetemp = _basetemp(config)
     findings = scan_run(basetemp, _artifacts_dir())
     config.stash[_FINDINGS] = (findings, basetemp)

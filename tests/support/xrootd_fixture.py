@@ -417,6 +417,15 @@ class XRootDSite(XRootDServers):
                   self.trust_bundle, *self.scitokens_cfgs.values(), *casa):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
+    def renew_cache_token(self) -> None:
+        """Replace the cache's token for the origin with a fresh one from the broker (signed with the hub's
+        current key) and restart the cache: the origin checks the token a connection logged in with at every
+        open, so connections of the old token would be refused once its key is no longer published."""
+        user = pwd.getpwnam(SERVICE_USER)
+        write_private(self.cache_token_file, broker_token(self.facility, self.cache_token_user, self.cache_grant))
+        os.chown(self.cache_token_file, user.pw_uid, user.pw_gid)
+        self.restart_server("cache")
+
     def site_config(self, *args: str) -> subprocess.CompletedProcess:
         """``casa-hub site-config xrootd ARGS`` on the facility's hub config file, as an admin would run it."""
         env = dict(os.environ, **self.facility.config_env())

@@ -41,8 +41,22 @@ def test_the_range_is_read_from_the_kernel_or_linux_default(tmp_path, content, e
 
 
 def test_without_room_outside_the_range_the_kernel_picks(monkeypatch):
+    monkeypatch.setattr(ports, "_narrowed", None)  # as in a serial run (a parallel worker narrows it)
     monkeypatch.setattr(ports, "ephemeral_range", lambda: (1024, 65535))
     port = ports.free_port()
     assert 1024 <= port <= 65535
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_a_narrowed_range_is_the_only_one_used_and_a_bad_one_is_refused(monkeypatch):
+    monkeypatch.setattr(ports, "_narrowed", None)
+    low, high = ports.default_range()
+    middle = (low + high) // 2
+    ports.narrow_range(middle, middle + 2000)  # wide enough to choose in (else the kernel picks)
+    chosen = [ports.free_port() for _ in range(10)]
+    assert all(middle <= p < middle + 2000 for p in chosen) and len(set(chosen)) == 10, chosen
+    for bad in [(30000, 30000), (0, 10), (40000, 70000)]:
+        with pytest.raises(ValueError, match="not a port range"):
+            ports.narrow_range(*bad)
+    assert ports._narrowed == (middle, middle + 2000), "a refused range leaves the last good one"

@@ -128,8 +128,9 @@ def test_pushed_tokens_reach_every_worker_now_and_later_and_only_newer_ones_repl
     pusher.start()
     second = make_token(120)
     write_private(token_file, second)  # atomically, as the renewal agent does
-    wait_for(lambda: all(v.get("token") == second for v in client.run(worker_view).values()), what="the renewal")
-    assert pusher.pushes == 2 and pusher.pushed_jti == jti(second)
+    wait_for(lambda: pusher.pushed_jti == jti(second) and all(
+        v.get("token") == second for v in client.run(worker_view).values()), what="the renewal")  # counted after the push
+    assert pusher.pushes == 2, "one push per new token"
 
     # 3. a worker that joins afterwards receives the latest token from the scheduler
     c.scale(3)
