@@ -113,6 +113,7 @@ def wait_until(check, what: str, timeout: float = 60):
     raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
 
 
+@pytest.mark.slow(15)
 def test_cluster_exists_before_the_notebook_starts_and_the_notebook_computes_on_it(
         dask_facility, admin_token, gateway_url, tmp_path):
     fac = dask_facility
@@ -144,6 +145,7 @@ def test_cluster_exists_before_the_notebook_starts_and_the_notebook_computes_on_
         "the admin sees cluster creation times on /hub/metrics"
 
 
+@pytest.mark.slow(10)
 def test_spawn_progress_shows_the_cluster_step(dask_facility, admin_token):
     fac = dask_facility
     s, r = http_login(fac.hub_url, "bob", fac.password("bob"))

@@ -73,6 +73,7 @@ def metric(fac: DemoFacility, admin_token: str, name: str, **labels: str) -> flo
     return float(m.group(1)) if m else 0.0
 
 
+@pytest.mark.slow(15)
 def test_refresh_happens_once_for_twenty_concurrent_requests(fac, admin_token):
     server = login_and_start_server(fac.hub_url, admin_token, "alice", fac.password("alice"))
     token_dir = Path(read_server_environ(server["servers"][""]["state"]["pid"])["CASA_TOKEN_DIR"])
@@ -175,6 +176,7 @@ def test_logout_ends_hub_and_provider_sessions_and_revokes_the_refresh_token(fac
     assert 'name="password"' in relogin.text, "the provider session ended: the password is asked again"
 
 
+@pytest.mark.slow(20)
 def test_provider_down_without_grace_keeps_user_signed_in_until_tokens_expire(fac, admin_token):
     s, r = http_login(fac.hub_url, "alice", fac.password("alice"))
     assert r.status_code == 200

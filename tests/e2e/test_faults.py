@@ -224,6 +224,7 @@ def agent_renewal(fac: DemoFacility, path: Path, since: int, what: str, new_kid:
 # ---- 1. the OIDC provider stops during a session ------------------------------------------------------
 
 
+@pytest.mark.slow(20)
 def test_provider_outage_keeps_sessions_and_refresh_resumes_when_it_returns(idp_fac, admin_token):
     fac, hub = idp_fac, idp_fac.hub_url
     server = login_and_start_server(hub, admin_token, "alice", fac.password("alice"))
@@ -285,6 +286,7 @@ def test_provider_outage_keeps_sessions_and_refresh_resumes_when_it_returns(idp_
 # ---- 2. the hub restarts with servers running -----------------------------------------------------------
 
 
+@pytest.mark.slow(15)
 def test_hub_restart_keeps_servers_running_and_tokens_renewing(hub_fac, admin_token, alice):
     fac = hub_fac
     assert server_status(fac, alice["access"]).status_code == 200
@@ -313,6 +315,7 @@ def test_hub_restart_keeps_servers_running_and_tokens_renewing(hub_fac, admin_to
 # ---- 3. the broker is unreachable from a server ---------------------------------------------------------
 
 
+@pytest.mark.slow(20)
 def test_unreachable_broker_keeps_the_valid_token_and_the_agent_recovers(hub_fac, alice):
     fac, path = hub_fac, alice["token_file"]
     assert_agent_renewing(fac, path)
@@ -344,6 +347,7 @@ def test_unreachable_broker_keeps_the_valid_token_and_the_agent_recovers(hub_fac
 # ---- 4. key rotation mid-session --------------------------------------------------------------------------
 
 
+@pytest.mark.slow(20)
 def test_key_rotation_mid_session_tokens_keep_verifying_at_xrootd(hub_fac, site, alice):
     fac, path = hub_fac, alice["token_file"]
     keydir = fac.state_dir / "issuer-keys"

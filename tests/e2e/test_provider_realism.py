@@ -147,6 +147,7 @@ def test_a_provider_outage_longer_than_the_access_token_keeps_sessions_and_token
     assert not after.get("login_required")
 
 
+@pytest.mark.slow(20)
 def test_a_refresh_answered_too_late_is_never_sent_again(fac, admin_token, proxy):
     s, r = http_login(fac.hub_url, "alice", fac.password("alice"))
     assert r.status_code == 200

@@ -105,6 +105,7 @@ class Reader(threading.Thread):
             time.sleep(0.0005)
 
 
+@pytest.mark.slow(25)
 def test_agent_in_notebook_server_replaces_token_before_expiry(short_facility, alice):
     assert EXTENSION_ARG in psutil.Process(alice["pid"]).cmdline(), "the spawner enables the agent"
     path = alice["token_dir"] / "xcache.token"

@@ -36,7 +36,7 @@ from casa_hub.common import ports
 #: session resources that must exist once in a run: every test using one runs in the same worker
 ONE_PER_RUN = ("job_user",)
 #: the layers (``tests/<layer>/``) and the seconds a test of each is expected to take
-LAYER_SECONDS = {"unit": 0.05, "hub": 0.3, "deploy": 1.0, "e2e": 2.0, "site": 6.0, "browser": 5.0}
+LAYER_SECONDS = {"unit": 0.05, "hub": 0.3, "deploy": 1.0, "e2e": 1.0, "site": 3.0, "browser": 5.0}
 
 
 def worker_index(config: pytest.Config) -> tuple[int, int] | None:

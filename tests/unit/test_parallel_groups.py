@@ -60,8 +60,8 @@ def test_groups_are_handed_out_longest_first_keeping_their_own_order():
     ]
     ordered = [it.nodeid for it in parallel.assign_groups(items, layer)]
     assert ordered == ["tests/site/test_c.py::test_1",  # 120 s
-                       "tests/e2e/test_d.py::test_1", "tests/browser/test_e.py::test_1",  # 2 + 5 s
-                       "tests/e2e/test_b.py::test_1", "tests/e2e/test_b.py::test_2",  # 2 + 2 s
+                       "tests/e2e/test_d.py::test_1", "tests/browser/test_e.py::test_1",  # 1 + 5 s
+                       "tests/e2e/test_b.py::test_1", "tests/e2e/test_b.py::test_2",  # 1 + 1 s
                        "tests/unit/test_a.py::test_1"]
 
 
