@@ -157,12 +157,14 @@ def collect_starts(node: Any, starts: list[str]) -> None:
 
 
 def make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist's scope scheduler with this plugin's groups as scopes; a worker gets its next group
-    only when it has one test left (the test it holds until it knows the next), so long groups are not
-    queued behind each other."""
+    """pytest-xdist's scope scheduler with this plugin's groups as scopes, handed out in the order the
+    workers collected them (longest first); a worker gets its next group only when it has one test left
+    (the test it holds until it knows the next), so long groups are not queued behind each other."""
     from xdist.scheduler import LoadScopeScheduling
 
     groups_file = config._tmp_path_factory.getbasetemp() / GROUPS_FILE
+    # keep the order the workers collected (longest group first), not xdist's "most tests first"
+    config.option.loadscopereorder = False
 
     class GroupAtATimeScheduling(LoadScopeScheduling):
         _groups: dict[str, str] | None = None
