@@ -82,4 +82,5 @@ def pytest_collection_finish(session):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    return parallel.make_scheduler(config, log)
+    # only for --dist loadgroup (scripts/test.sh); any other --dist keeps pytest-xdist's own scheduler
+    return parallel.make_scheduler(config, log) if parallel.in_parallel_run(config) else None

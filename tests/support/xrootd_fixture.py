@@ -399,12 +399,9 @@ class XRootDSite(XRootDServers):
         # the cache's own token for the origin, in a 0700 directory of the service user
         self.cache_token_dir.mkdir(mode=0o700)
         os.chown(self.cache_token_dir, user.pw_uid, user.pw_gid)
-        fd = os.open(self.cache_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            if self.cache_api_token is None:  # from the broker, for the service account signed in
-                f.write(broker_token(self.facility, self.cache_token_user, self.cache_grant))
-        os.chown(self.cache_token_file, user.pw_uid, user.pw_gid)
-        if self.cache_api_token is not None:  # empty: the renewer fills it at once
+        # from the broker, for the service account signed in; or empty: the renewer fills it at once
+        self._write_cache_token("" if self.cache_api_token is not None else self._broker_cache_token())
+        if self.cache_api_token is not None:
             r = self.run_renewer(f"{self.facility.hub_url}/hub/api", self.cache_api_token, "--once")
             if r.returncode != 0:
                 raise XRootDSetupError(f"casa-hub renew-tokens --once failed ({r.returncode}): {r.stdout} "
@@ -421,10 +418,17 @@ class XRootDSite(XRootDServers):
         """Replace the cache's token for the origin with a fresh one from the broker (signed with the hub's
         current key) and restart the cache: the origin checks the token a connection logged in with at every
         open, so connections of the old token would be refused once its key is no longer published."""
-        user = pwd.getpwnam(SERVICE_USER)
-        write_private(self.cache_token_file, broker_token(self.facility, self.cache_token_user, self.cache_grant))
-        os.chown(self.cache_token_file, user.pw_uid, user.pw_gid)
+        self._write_cache_token(self._broker_cache_token())
         self.restart_server("cache")
+
+    def _broker_cache_token(self) -> str:
+        return broker_token(self.facility, self.cache_token_user, self.cache_grant)
+
+    def _write_cache_token(self, token: str) -> None:
+        """The cache's token file: 0600, owned by the user the servers run as."""
+        user = pwd.getpwnam(SERVICE_USER)
+        write_private(self.cache_token_file, token)
+        os.chown(self.cache_token_file, user.pw_uid, user.pw_gid)
 
     def site_config(self, *args: str) -> subprocess.CompletedProcess:
         """``casa-hub site-config xrootd ARGS`` on the facility's hub config file, as an admin would run it."""
